@@ -1,0 +1,73 @@
+# Two commands on a fresh machine (Python 3.11 + make):
+#   make demo   sample data → training (MLflow) → ONNX FP32 + INT8 → a prediction → serve it
+#   make test   the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+EXTRAS ?= serving,lambda,training,aws,dev
+DATA_DIR ?= data/sample
+OUT ?= artifacts
+PORT ?= 8000
+EPOCHS ?= 3
+TRACKING_URI ?= sqlite:///mlflow.db
+export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
+
+.PHONY: setup test test-deps lint demo sample train export predict serve images mlflow-ui bench bench-full clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with every extra, versions pinned by constraints.txt
+
+# Headless Chromium for the upload-page test comes from Debian's package (no browser download).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Chromium (Debian: sudo apt-get install chromium) for the browser test" >&2; fi; }
+
+test: setup test-deps  ## the whole suite (container tests need docker or podman)
+	$(PY) -m pytest -p no:cacheprovider tests benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint services/Dockerfile lambda/Dockerfile sagemaker/Dockerfile
+
+sample: setup
+	$(PY) -m training.sample_data --out $(DATA_DIR) --count 400 --seed 0
+
+train: setup
+	$(PY) training/train.py --data-dir $(DATA_DIR) --epochs $(EPOCHS) --weights none --image-size 224
+
+export: setup
+	$(PY) export/to_onnx.py --model-uri models:/mhist-resnet18/latest --data-dir $(DATA_DIR) --out $(OUT)
+
+predict: setup
+	$(PY) -m services.predict --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
+
+serve: setup
+	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(VENV)/bin/gunicorn -c services/gunicorn.conf.py "services.app:create_app()"
+
+# The main job on the built-in SYNTHETIC sample, ending with the Flask service on :$(PORT).
+demo: sample train export predict serve
+
+images: setup  ## build the three serving images (docker if a daemon answers, else podman)
+	$(PY) -m awsdeploy.images build all --model $(OUT)/model.int8.onnx
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
+
+bench: setup  ## quick benchmark smoke (what CI runs inside `make test`)
+	$(PY) -m pytest -p no:cacheprovider benchmarks
+
+bench-full: setup  ## full benchmark report into benchmarks/results/<timestamp>/
+	MHIST_BENCH_MODE=full $(PY) -m pytest -p no:cacheprovider benchmarks -s
+
+clean:
+	rm -rf $(OUT) data/sample mlruns .pytest_cache

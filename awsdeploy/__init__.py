@@ -1,0 +1,1 @@
+"""Deploy helpers shared by lambda/deploy.py and sagemaker/deploy.py (never copied into images)."""

@@ -1,0 +1,306 @@
+"""AWS helpers shared by lambda/deploy.py and sagemaker/deploy.py (boto3; never copied into images).
+
+- `client()`: boto3 clients that honour `AWS_ENDPOINT_URL` (moto in server mode, LocalStack).
+- `Plan`: every step a deploy script takes is announced through it; with `--dry-run` nothing
+  is called, only the plan is printed.
+- ECR: `ensure_repository` (scan on push + lifecycle policy keeping N images), `ecr_login`,
+  `build_and_push` (docker or podman via awsdeploy.containers), `delete_repository`.
+- IAM: `ensure_role` (trust policy + exactly the managed policies asked for + inline policies),
+  `delete_role`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from awsdeploy import containers
+
+DEFAULT_REGION = "us-east-1"
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions and clients
+
+
+def region_name(explicit: str | None = None) -> str:
+    """--region, else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1."""
+    return (
+        explicit
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or DEFAULT_REGION
+    )
+
+
+def endpoint_url() -> str | None:
+    """`AWS_ENDPOINT_URL` (e.g. http://127.0.0.1:5000 for moto); None means the real AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
+    return boto3.Session(region_name=region_name(region), profile_name=profile)
+
+
+def client(service: str, aws_session: boto3.Session | None = None, region: str | None = None):
+    """A boto3 client for `service`; endpoint from AWS_ENDPOINT_URL when set.
+
+    boto3 ≥ 1.28 reads AWS_ENDPOINT_URL itself; passing it explicitly keeps older boto3 and
+    the sagemaker SDK (which builds its own clients from the session) on the same endpoint.
+    Adaptive retries absorb the throttling that create-or-update loops provoke.
+    """
+    aws_session = aws_session or session(region)
+    return aws_session.client(
+        service,
+        endpoint_url=endpoint_url(),
+        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}),
+    )
+
+
+def account_id(aws_session: boto3.Session | None = None) -> str:
+    return client("sts", aws_session).get_caller_identity()["Account"]
+
+
+def partition(region: str) -> str:
+    """ARN partition for a region (aws, aws-cn, aws-us-gov)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def ignore_missing(call: Callable[..., T], *args: Any, missing: tuple[str, ...] = (), **kwargs: Any
+                   ) -> T | None:
+    """Run a delete/describe call; None when AWS says the resource does not exist.
+
+    Destroy must be re-runnable, so "already gone" is success. Codes differ per service, so the
+    caller names them (e.g. ResourceNotFoundException, NoSuchEntity, NotFoundException).
+    """
+    codes = missing or ("ResourceNotFoundException", "NoSuchEntity", "NotFoundException",
+                        "RepositoryNotFoundException")
+    try:
+        return call(*args, **kwargs)
+    except ClientError as exc:
+        if error_code(exc) in codes:
+            return None
+        raise
+
+
+def retry_on(codes: tuple[str, ...], call: Callable[..., T], *args: Any, attempts: int = 10,
+             delay_s: float = 3.0, **kwargs: Any) -> T:
+    """Retry a call while AWS answers one of `codes`.
+
+    Needed right after IAM changes: a new role takes seconds to be assumable by Lambda or
+    SageMaker (InvalidParameterValueException / ValidationException until then).
+    """
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except ClientError as exc:
+            if error_code(exc) not in codes or attempt == attempts - 1:
+                raise
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry-run plan
+
+
+@dataclass
+class Plan:
+    """Announces each step; in dry-run mode `step()` returns False so the caller skips the call.
+
+        plan = Plan(dry_run=args.dry_run)
+        if plan.step("create ECR repository mhist-lambda"):
+            ensure_repository(...)
+    """
+
+    dry_run: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    steps: list[str] = field(default_factory=list)
+
+    def step(self, description: str) -> bool:
+        self.steps.append(description)
+        prefix = "[dry-run] would" if self.dry_run else f"[{len(self.steps)}]"
+        print(f"{prefix} {description}", file=self.out, flush=True)
+        return not self.dry_run
+
+    def note(self, message: str) -> None:
+        """Detail under the current step (what was found, created or updated)."""
+        print(f"      {message}", file=self.out, flush=True)
+
+    def summary(self) -> str:
+        verb = "would run" if self.dry_run else "ran"
+        return f"{verb} {len(self.steps)} steps" + (" (dry run: nothing was changed)"
+                                                    if self.dry_run else "")
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# ECR
+
+
+def lifecycle_policy(keep_images: int) -> dict:
+    """Expire all but the newest `keep_images` images, tagged or not."""
+    return {
+        "rules": [{
+            "rulePriority": 1,
+            "description": f"keep only the newest {keep_images} images",
+            "selection": {
+                "tagStatus": "any",
+                "countType": "imageCountMoreThan",
+                "countNumber": keep_images,
+            },
+            "action": {"type": "expire"},
+        }]
+    }
+
+
+def ensure_repository(ecr, name: str, keep_images: int = 10,
+                      note: Callable[[str], None] = _noop) -> str:
+    """Create the repository if absent; (re)apply scan-on-push and the lifecycle policy.
+
+    Returns the repository URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME).
+    """
+    found = ignore_missing(ecr.describe_repositories, repositoryNames=[name])
+    if found:
+        repository = found["repositories"][0]
+        note(f"ECR repository {name} exists")
+        ecr.put_image_scanning_configuration(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
+    else:
+        repository = ecr.create_repository(
+            repositoryName=name,
+            imageScanningConfiguration={"scanOnPush": True},
+            imageTagMutability="MUTABLE",
+        )["repository"]
+        note(f"created ECR repository {name}")
+    ecr.put_lifecycle_policy(
+        repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle_policy(keep_images)))
+    note(f"scan on push on; lifecycle policy keeps {keep_images} images")
+    return repository["repositoryUri"]
+
+
+def delete_repository(ecr, name: str, note: Callable[[str], None] = _noop) -> bool:
+    """Delete the repository and its images; False when it was already gone."""
+    gone = ignore_missing(ecr.delete_repository, repositoryName=name, force=True) is None
+    note(f"ECR repository {name} " + ("was already absent" if gone else "deleted"))
+    return not gone
+
+
+def ecr_login(ecr) -> str:
+    """Log the container engine in to ECR with a 12-hour token; returns the registry host."""
+    data = ecr.get_authorization_token()["authorizationData"][0]
+    username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+    registry = data["proxyEndpoint"].removeprefix("https://").removeprefix("http://")
+    containers.login(registry, username, password)
+    return registry
+
+
+def build_and_push(ecr, repository_uri: str, tag: str, dockerfile: str | Path,
+                   build_args: dict[str, str] | None = None, platform: str | None = None,
+                   note: Callable[[str], None] = _noop) -> str:
+    """Build the image locally, log in to ECR and push it as REPOSITORY_URI:TAG.
+
+    `platform` (linux/amd64 or linux/arm64) must match the function's or instance's
+    architecture; building for the other one needs qemu/binfmt on the build machine.
+    """
+    local_tag = f"{repository_uri.rsplit('/', 1)[-1]}:{tag}"
+    containers.build(local_tag, dockerfile, build_args=build_args, platform=platform)
+    note(f"built {local_tag} with {containers.engine()}")
+    ecr_login(ecr)
+    remote = f"{repository_uri}:{tag}"
+    containers.push(local_tag, remote)
+    note(f"pushed {remote}")
+    return remote
+
+
+# ---------------------------------------------------------------------------------------------
+# IAM
+
+
+def trust_policy(service: str) -> dict:
+    """Assume-role policy letting one AWS service (e.g. lambda.amazonaws.com) use the role."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sts:AssumeRole",
+        }],
+    }
+
+
+def managed_policy_arn(name: str, region: str | None = None) -> str:
+    """ARN of an AWS managed policy, e.g. 'service-role/AWSLambdaBasicExecutionRole'."""
+    return f"arn:{partition(region_name(region))}:iam::aws:policy/{name}"
+
+
+def ensure_role(iam, name: str, service: str, managed_policies: list[str],
+                inline_policies: dict[str, dict] | None = None, description: str = "",
+                note: Callable[[str], None] = _noop) -> str:
+    """Create or update a role so it has exactly `managed_policies` attached (least privilege:
+    anything else attached by hand is detached) plus the given inline policies; returns its ARN.
+    """
+    trust = json.dumps(trust_policy(service))
+    found = ignore_missing(iam.get_role, RoleName=name)
+    if found:
+        role = found["Role"]
+        iam.update_assume_role_policy(RoleName=name, PolicyDocument=trust)
+        note(f"IAM role {name} exists; trust policy set to {service}")
+    else:
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust,
+                               Description=description or f"execution role for {service}")["Role"]
+        note(f"created IAM role {name} trusted by {service}")
+    attached = {p["PolicyArn"] for p in _attached_policies(iam, name)}
+    for arn in sorted(set(managed_policies) - attached):
+        iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+        note(f"attached {arn}")
+    for arn in sorted(attached - set(managed_policies)):
+        iam.detach_role_policy(RoleName=name, PolicyArn=arn)
+        note(f"detached {arn} (not in the least-privilege set)")
+    for policy_name, document in (inline_policies or {}).items():
+        iam.put_role_policy(RoleName=name, PolicyName=policy_name,
+                            PolicyDocument=json.dumps(document))
+        note(f"inline policy {policy_name} set")
+    return role["Arn"]
+
+
+def _attached_policies(iam, name: str) -> list[dict]:
+    pages = iam.get_paginator("list_attached_role_policies").paginate(RoleName=name)
+    return [policy for page in pages for policy in page["AttachedPolicies"]]
+
+
+def delete_role(iam, name: str, note: Callable[[str], None] = _noop) -> bool:
+    """Detach managed policies, delete inline ones, delete the role; False if already gone."""
+    if ignore_missing(iam.get_role, RoleName=name) is None:
+        note(f"IAM role {name} was already absent")
+        return False
+    for policy in _attached_policies(iam, name):
+        iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+    for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+        iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+    iam.delete_role(RoleName=name)
+    note(f"IAM role {name} deleted")
+    return True

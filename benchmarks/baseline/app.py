@@ -1,0 +1,85 @@
+"""PyTorch baseline of the Flask service (benchmarks only — never a serving target).
+
+Same request decoding (services.payload) and preprocessing (services.preprocessing) as the
+ONNX service; the difference under test is torch + a TorchScript file instead of onnxruntime +
+an ONNX file. The TorchScript file carries the model card as the extra file `card.json`.
+
+Environment: MODEL_PATH (/opt/model/model.pt), TORCH_NUM_THREADS (default: usable CPUs //
+WEB_CONCURRENCY), plus gunicorn's own PORT and WEB_CONCURRENCY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from services.errors import ServiceError
+from services.payload import single_image
+from services.preprocessing import PreprocessSpec, preprocess_bytes
+
+CARD_FILE = "card.json"
+
+
+def load_torchscript(path: str) -> tuple[torch.jit.ScriptModule, dict]:
+    """(module in eval mode, model card) from a file saved with `_extra_files={"card.json"}`."""
+    extra = {CARD_FILE: ""}
+    module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    return module.eval(), json.loads(extra[CARD_FILE])
+
+
+def _threads() -> int:
+    raw = os.environ.get("TORCH_NUM_THREADS", "").strip()
+    if raw:
+        return int(raw)
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 1)
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+
+
+def predict(module: torch.jit.ScriptModule, card: dict, batch: np.ndarray) -> dict:
+    """(1, 3, S, S) float32 → the ONNX service's prediction JSON (label, probabilities, …)."""
+    with torch.inference_mode():
+        probs = torch.softmax(module(torch.from_numpy(batch)), dim=1)[0].tolist()  # (C,)
+    classes = card["classes"]
+    positive = card["positive_class"]
+    p_pos = probs[classes.index(positive)]
+    negative = next(c for c in classes if c != positive)
+    return {
+        "label": positive if p_pos >= card["threshold"] else negative,
+        "probabilities": dict(zip(classes, probs, strict=True)),
+        "threshold": card["threshold"],
+        "model": {"name": "mhist-resnet18", "version": card.get("version"),
+                  "precision": "fp32-torch"},
+    }
+
+
+def create_app() -> Flask:
+    torch.set_num_threads(_threads())
+    module, card = load_torchscript(os.environ.get("MODEL_PATH", "/opt/model/model.pt"))
+    spec = PreprocessSpec.from_dict(card["preprocessing"])
+    app = Flask(__name__)
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok", "torch": torch.__version__,
+                        "threads": torch.get_num_threads()})
+
+    @app.post("/predict")
+    def predict_route():
+        batch = preprocess_bytes(single_image(request), spec)[None]  # (1, 3, S, S)
+        return jsonify(predict(module, card, batch))
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return jsonify(exc.to_dict()), exc.status_code
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
+
+    return app

@@ -1,0 +1,286 @@
+"""Benchmark fixtures: the benchmark's own model from the REAL pipeline, images, results folder.
+
+The model is trained the way tests/conftest.py trains its fixture model — `training/train.py`
+then `export/to_onnx.py`, run as a user runs them — but at the real input size (224 px), so
+latencies mean something: 1 epoch, `--weights none`, on a few hundred SYNTHETIC images. It is
+built once per session (or reused from MHIST_BENCH_CACHE=DIR across sessions).
+
+Numbers are recorded, never asserted; each benchmark asserts only that its variant produced
+valid predictions. At the end of the session benchmarks.report writes summary.md and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.config import MODES, SKIPPABLE, BenchConfig, load_config
+from benchmarks.machine import describe_machine
+from benchmarks.store import ResultStore, write_json
+
+# The lead's fixture, imported so container benchmarks share its semantics: skip without an
+# engine, FAIL without one when MHIST_REQUIRE_CONTAINERS=1 (CI).
+from tests.conftest import REPO_ROOT, require_containers, run_cli  # noqa: F401
+
+INT8_NOTE = (
+    "INT8 vs FP32: this CPU has AVX2 but no VNNI, so onnxruntime's u8×s8 kernels cannot use "
+    "dot-product instructions and INT8 barely beats FP32 here. Cloud CPUs with AVX-512 VNNI / "
+    "AVX-VNNI (Intel Cascade Lake and later, AMD Zen 4) or ARM dot product (Graviton 2/3/4) "
+    "are expected to gain clearly more from INT8."
+)
+_STORE: ResultStore | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mhist-bench", "MHIST benchmarks")
+    group.addoption("--bench-mode", choices=MODES, default=None,
+                    help="quick (CI smoke, default) or full; overrides MHIST_BENCH_MODE")
+    group.addoption("--bench-skip", default=None,
+                    help=f"comma-separated parts to skip ({', '.join(SKIPPABLE)}); "
+                         "overrides MHIST_BENCH_SKIP")
+
+
+# --- configuration and results --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def bench_config(pytestconfig: pytest.Config) -> BenchConfig:
+    try:
+        return load_config(pytestconfig.getoption("--bench-mode"),
+                           pytestconfig.getoption("--bench-skip"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def results(bench_config: BenchConfig) -> ResultStore:
+    """This run's folder, benchmarks/results/<timestamp>/, with machine.json written first."""
+    global _STORE
+    store = ResultStore(bench_config.results_root, bench_config.mode)
+    write_json(store.dir / "machine.json", describe_machine())
+    store.set_run(config=bench_config.to_dict(), threads=bench_config.threads)
+    store.note(INT8_NOTE)
+    _STORE = store
+    return store
+
+
+# Run order = the issue's order: model only first (quietest machine), containers after.
+_ORDER = ("test_model.py", "test_http.py", "test_throughput.py", "test_coldstart.py",
+          "test_size.py", "test_mlflow_peer.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Reorder only the benchmark items, in place among themselves; tests/ keep their order."""
+    slots = [i for i, item in enumerate(items) if item.nodeid.startswith("benchmarks/")]
+
+    def rank(item: pytest.Item) -> int:
+        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        return _ORDER.index(name) if name in _ORDER else len(_ORDER)
+
+    ordered = sorted((items[i] for i in slots), key=rank)
+    for slot, item in zip(slots, ordered, strict=True):
+        items[slot] = item
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Every skipped or failed benchmark goes into run.json, so the summary can say why."""
+    if _STORE is None or not report.nodeid.startswith("benchmarks/"):
+        return
+    name = report.nodeid.split("/", 1)[1]
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(
+            report.longrepr)
+        _STORE.skip(name, reason.removeprefix("Skipped: "))
+    elif report.failed:
+        _STORE.fail(name, str(report.longrepr)[-1500:])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write run.json's end and regenerate summary.md + plots from the raw JSON."""
+    if _STORE is None:
+        return
+    _STORE.finish()
+    try:
+        summary = report.generate(_STORE.dir)
+    except Exception as exc:  # noqa: BLE001 - a report bug must not hide the measurements
+        print(f"\nbenchmarks: report generation failed ({exc!r}); raw JSON is in "
+              f"{_STORE.dir}", file=sys.stderr)
+        return
+    print(f"\nbenchmarks: {summary} ({_STORE.run['mode']} mode, "
+          f"{_STORE.run['duration_s']:.0f} s)", file=sys.stderr)
+
+
+# --- the benchmark's model, built by the real pipeline ---------------------------------------
+
+@dataclass(frozen=True)
+class BenchModel:
+    dir: Path
+    data_dir: Path
+    fp32: Path
+    int8: Path
+    report: dict  # export_report.json
+    checkpoint: Path  # training's best.pt
+    tracking_uri: str
+    model_uri: str  # models:/mhist-resnet18/N — what the MLflow peer serves
+    classes: list[str]
+    image: Path  # one 224×224 PNG from the held-out split
+
+    @property
+    def image_bytes(self) -> bytes:
+        return self.image.read_bytes()
+
+
+def _pipeline_key(config: BenchConfig) -> dict:
+    return {"images": config.train_images, "epochs": config.train_epochs,
+            "size": config.image_size, "version": 1}
+
+
+def _run_pipeline(config: BenchConfig, work: Path) -> None:
+    data, checkpoints, onnx = work / "data", work / "checkpoints", work / "onnx"
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    run_cli("-m", "training.sample_data", "--out", str(data), "--count",
+            str(config.train_images), "--size", str(config.image_size), "--seed", "11")
+    run_cli("training/train.py", "--data-dir", str(data), "--epochs", str(config.train_epochs),
+            "--weights", "none", "--image-size", str(config.image_size), "--batch-size", "16",
+            "--out", str(checkpoints), "--tracking-uri", tracking_uri, env=env, timeout=1800)
+    run_cli("export/to_onnx.py", "--model-uri", "models:/mhist-resnet18/latest",
+            "--data-dir", str(data), "--out", str(onnx), "--tracking-uri", tracking_uri,
+            "--calibration-size", "32", "--allow-degraded", env=env, timeout=1800)
+    write_json(work / "pipeline.json", {"key": _pipeline_key(config),
+                                        "tracking_uri": tracking_uri})
+
+
+@pytest.fixture(scope="session")
+def bench_model(bench_config: BenchConfig, results: ResultStore,
+                tmp_path_factory: pytest.TempPathFactory) -> BenchModel:
+    """Sample → train (1 epoch, 224 px, --weights none) → export FP32 + INT8, once."""
+    work = bench_config.cache_dir or tmp_path_factory.mktemp("bench-pipeline")
+    marker = work / "pipeline.json"
+    cached = marker.is_file() and json.loads(marker.read_text())["key"] == _pipeline_key(
+        bench_config)
+    if not cached:
+        if work.exists() and bench_config.cache_dir:
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        import time
+
+        started = time.perf_counter()
+        _run_pipeline(bench_config, work)
+        results.set_run(pipeline_s=round(time.perf_counter() - started, 1))
+    tracking_uri = json.loads(marker.read_text())["tracking_uri"]
+    export_report = json.loads((work / "onnx" / "export_report.json").read_text())
+    version = export_report["source"]["registered_version"]
+    test_images = sorted((work / "data" / "images").glob("*.png"))
+    from services.metadata import ModelMetadata
+    from services.model import InferenceModel
+
+    meta: ModelMetadata = InferenceModel(work / "onnx" / "model.onnx", threads=1).metadata
+    results.set_run(model={"uri": f"models:/mhist-resnet18/{version}", "cached": cached,
+                           "synthetic_data": export_report.get("synthetic_data"),
+                           "train_images": bench_config.train_images,
+                           "image_size": bench_config.image_size})
+    return BenchModel(
+        dir=work, data_dir=work / "data", fp32=work / "onnx" / "model.onnx",
+        int8=work / "onnx" / "model.int8.onnx", report=export_report,
+        checkpoint=work / "checkpoints" / "best.pt", tracking_uri=tracking_uri,
+        model_uri=f"models:/mhist-resnet18/{version}", classes=list(meta.classes),
+        image=test_images[0],
+    )
+
+
+@pytest.fixture(scope="session")
+def png_224(bench_model: BenchModel) -> bytes:
+    """One 224×224 PNG (a SYNTHETIC sample image) — the request every HTTP benchmark sends."""
+    from PIL import Image
+
+    with Image.open(bench_model.image) as img:
+        assert img.size == (224, 224), img.size
+    return bench_model.image_bytes
+
+
+@pytest.fixture(scope="session")
+def torch_available(bench_config: BenchConfig, results: ResultStore) -> None:
+    """Skip (and say so in the summary) when torch is skipped or not installed."""
+    if "torch" in bench_config.skip:
+        pytest.skip("torch parts skipped by MHIST_BENCH_SKIP/--bench-skip")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pytest.skip("torch is not installed in this environment")
+
+
+@pytest.fixture(scope="session")
+def torchscript_file(torch_available: None, bench_model: BenchModel) -> Path:
+    """The trained weights as TorchScript + the model card: what the baseline image serves
+    without torchvision. Traced from training's own checkpoint."""
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
+    path = bench_model.dir / "model.torchscript.pt"
+    if not path.is_file():
+        model, card = load_checkpoint(bench_model.checkpoint)
+        card = {**card, "version": bench_model.model_uri.rsplit("/", 1)[-1]}
+        example = torch.zeros(1, 3, 224, 224)
+        with warnings.catch_warnings():  # torch ≥ 2.9 marks TorchScript deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example)
+            torch.jit.save(traced, str(path), _extra_files={"card.json": json.dumps(card)})
+    return path
+
+
+# --- containers ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def onnx_images(request: pytest.FixtureRequest, bench_model: BenchModel, results: ResultStore
+                ) -> dict[str, str]:
+    """The three serving images (`:bench` tags) with the benchmark's INT8 model baked in."""
+    from benchmarks.images import build_onnx_images
+
+    request.getfixturevalue("require_containers")
+    built = build_onnx_images(bench_model.int8)
+    results.set_run(image_builds={k: round(v.build_s, 1) for k, v in built.items()})
+    return {name: image.tag for name, image in built.items()}
+
+
+@pytest.fixture(scope="session")
+def baseline_image(request: pytest.FixtureRequest, bench_config: BenchConfig,
+                   results: ResultStore, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The PyTorch baseline image of the Flask service (same base image, torch CPU build)."""
+    from benchmarks import images
+
+    if bench_config.skipped("torch-image"):
+        pytest.skip("PyTorch baseline image skipped by MHIST_BENCH_SKIP/--bench-skip")
+    request.getfixturevalue("require_containers")
+    torchscript_file = request.getfixturevalue("torchscript_file")
+    work = tmp_path_factory.mktemp("baseline")
+    try:
+        wheel = images.torch_cpu_wheel(work / "wheels")
+        built = images.build_baseline(work / "context", torchscript_file, wheel)
+    except images.BaselineUnavailable as exc:
+        pytest.skip(str(exc))
+    builds = dict(results.run.get("image_builds") or {})
+    builds["torch-baseline"] = round(built.build_s, 1)
+    results.set_run(image_builds=builds, baseline_torch_wheel=wheel.name if wheel else None)
+    return built.tag
+
+
+@pytest.fixture(scope="session")
+def sagemaker_model_dir(bench_model: BenchModel, tmp_path_factory: pytest.TempPathFactory
+                        ) -> Path:
+    """/opt/ml/model for the SageMaker container: the INT8 file as model.onnx, readable by the
+    image's non-root user (pytest's temp folders are 0700)."""
+    folder = tmp_path_factory.mktemp("sm-model")
+    shutil.copyfile(bench_model.int8, folder / "model.onnx")
+    os.chmod(folder, 0o755)
+    os.chmod(folder / "model.onnx", stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    return folder

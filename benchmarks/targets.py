@@ -1,0 +1,163 @@
+"""Start a serving target the way its platform does and send it one 224² PNG.
+
+Every target answers `send(png) -> Response` (status, body, seconds), so latency, throughput
+and cold-start benchmarks treat Flask, SageMaker, Lambda and the PyTorch baseline alike:
+
+    flask      the Flask image, `POST /predict` (raw image/png body)
+    sagemaker  the SageMaker image run as `IMAGE serve`, model in /opt/ml/model, `POST
+               /invocations`
+    lambda     the Lambda image (awslambdaric) against tests.support.lambda_runtime's Runtime
+               API server; an API Gateway HTTP API (v2) event per request
+    torch      benchmarks/baseline: the same Flask service on torch + TorchScript
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from benchmarks.load import Client, Response
+from tests.support.containers import Container, start_container
+from tests.support.events import make_v2_event
+from tests.support.lambda_runtime import LambdaRuntimeServer
+
+PNG = "image/png"
+CONTAINER_PORT = 8080
+
+
+@dataclass
+class HttpTarget:
+    name: str
+    box: Container
+    path: str
+    client: Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = Client(self.box.url("/"))
+
+    @property
+    def base_url(self) -> str:
+        return self.box.url("/")
+
+    def send(self, png: bytes) -> Response:
+        return self.client.post(self.path, png, PNG)
+
+
+@dataclass
+class LambdaTarget:
+    """The Lambda image polling our Runtime API server; `send` is one invocation."""
+
+    name: str
+    box: Container
+    runtime: LambdaRuntimeServer
+
+    def send(self, png: bytes, timeout: float = 60.0) -> Response:
+        return lambda_response(self.runtime.invoke(lambda_event(png), timeout=timeout))
+
+
+def lambda_event(png: bytes) -> dict:
+    return make_v2_event(method="POST", path="/predict", headers={"content-type": PNG},
+                         body=png, binary=True)
+
+
+def lambda_response(invocation) -> Response:
+    """An Invocation as an HTTP-like Response: the function's statusCode and JSON body; the
+    time is event queued → result posted (what API Gateway would wait for)."""
+    seconds = invocation.completed_at - invocation.queued_at
+    if invocation.error is not None:
+        return Response(599, json.dumps(invocation.error).encode(), seconds)
+    result = invocation.response or {}
+    body = result.get("body") or ""
+    if result.get("isBase64Encoded"):
+        import base64
+
+        data = base64.b64decode(body)
+    else:
+        data = body.encode()
+    return Response(int(result.get("statusCode", 599)), data, seconds)
+
+
+def flask_env(threads: int, workers: int = 1, gunicorn_threads: int = 1) -> dict[str, str]:
+    return {"WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": str(gunicorn_threads),
+            "ORT_INTRA_OP_THREADS": str(threads)}
+
+
+def start_target(name: str, image: str, *, threads: int, env: dict[str, str] | None = None,
+                 sagemaker_model_dir=None, runtime: LambdaRuntimeServer | None = None):
+    """Start `name`'s container (not waiting for it); the caller owns stopping it."""
+    if name == "flask":
+        box = start_container(image, port=CONTAINER_PORT, env=env or flask_env(threads))
+        return HttpTarget(name, box, "/predict")
+    if name == "torch":
+        box = start_container(image, port=CONTAINER_PORT, env=env or {
+            "WEB_CONCURRENCY": "1", "TORCH_NUM_THREADS": str(threads)})
+        return HttpTarget(name, box, "/predict")
+    if name == "sagemaker":
+        box = start_container(
+            image, port=CONTAINER_PORT, command=["serve"],
+            volumes=[f"{sagemaker_model_dir}:/opt/ml/model:ro"],
+            env=env or {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "MHIST_ORT_THREADS": str(threads)})
+        return HttpTarget(name, box, "/invocations")
+    if name == "lambda":
+        if runtime is None:
+            raise ValueError("the lambda target needs a running LambdaRuntimeServer")
+        # Host network: the runtime client reaches our Runtime API server on 127.0.0.1.
+        box = start_container(image, network_host=True, env={
+            "AWS_LAMBDA_RUNTIME_API": runtime.address, "ORT_INTRA_OP_THREADS": str(threads),
+            "AWS_LAMBDA_FUNCTION_NAME": "mhist-classifier",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048", **(env or {})})
+        return LambdaTarget(name, box, runtime)
+    raise ValueError(f"unknown target {name!r}")
+
+
+def wait_first_ok(target, png: bytes, timeout: float = 120.0) -> tuple[float, Response]:
+    """Seconds from `podman run` to the first 200 prediction, and that response.
+
+    HTTP targets are polled with the real request every 25 ms; for Lambda the event is
+    queued at once and waits for INIT (as the service holds a request during a cold start).
+    """
+    started = target.box.started_at
+    if isinstance(target, LambdaTarget):
+        reply = target.send(png, timeout=timeout)
+        return time.perf_counter() - started, reply
+    deadline = time.perf_counter() + timeout
+    last = "no answer"
+    while time.perf_counter() < deadline:
+        try:
+            reply = target.send(png)
+        except OSError as exc:  # refused/reset while the server starts
+            target.client.close()
+            last = repr(exc)
+        else:
+            if reply.status == 200:
+                return time.perf_counter() - started, reply
+            last = f"HTTP {reply.status}: {reply.body[:200]!r}"
+        if target.box.state() not in ("running", "created", ""):
+            raise RuntimeError(f"{target.name} container exited before answering:\n"
+                               f"{target.box.logs()[-3000:]}")
+        time.sleep(0.025)
+    raise TimeoutError(f"{target.name}: no 200 within {timeout:.0f} s (last: {last})\n"
+                       f"{target.box.logs()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running(name: str, image: str, **kwargs) -> Iterator:
+    """start_target(...) with the container always removed; a Lambda target brings its own
+    Runtime API server when none is passed."""
+    own_runtime = name == "lambda" and kwargs.get("runtime") is None
+    if own_runtime:
+        kwargs["runtime"] = LambdaRuntimeServer().start()
+    target = None
+    try:
+        target = start_target(name, image, **kwargs)
+        yield target
+    finally:
+        if target is not None:
+            if isinstance(target, HttpTarget):
+                target.client.close()
+            target.box.remove()
+        if own_runtime:
+            kwargs["runtime"].stop()

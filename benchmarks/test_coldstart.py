@@ -1,0 +1,108 @@
+"""(4) Cold start.
+
+In-process: a fresh Python process per run, process start → first successful prediction, for
+each ONNX target's own code path (core, Flask factory, SageMaker app, Lambda handler) vs a
+torch process (training checkpoint + torchvision, and TorchScript as the baseline image does).
+Container: `podman run` → first 200 (Flask, SageMaker, PyTorch baseline) / first Lambda
+response, polling with the real prediction request.
+
+Warm page cache: every run after the first finds the files in memory, as a restarted or
+scaled-out container on the same host would. A fresh host pulling the image is slower for all.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks.checks import assert_valid_prediction
+from benchmarks.probe import REPO_ROOT
+from benchmarks.targets import running, wait_first_ok
+from benchmarks.timing import median
+
+ONNX_PROBES = ("ort", "flask", "sagemaker", "lambda")
+TORCH_PROBES = ("torch-eager", "torchscript")
+
+
+def _probe(target: str, model: str, image: str, threads: int) -> dict:
+    """Spawn one probe process; seconds from spawn to its first prediction, with its phases."""
+    spawned = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.probe", target, "--model", model, "--image", image,
+         "--threads", str(threads)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    exited = time.monotonic()
+    assert done.returncode == 0, f"probe {target} failed:\n{done.stderr[-3000:]}"
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    marks = out["marks"]
+    return {
+        "first_prediction_s": marks["done_at"] - spawned,
+        "interpreter_s": marks["main_at"] - spawned,
+        "imports_s": marks["imported_at"] - marks["main_at"],
+        "load_s": marks["loaded_at"] - marks["imported_at"],
+        "first_predict_s": marks["done_at"] - marks["loaded_at"],
+        "process_exit_s": exited - spawned,
+        "heavy_modules": out["heavy_modules"],
+        "prediction": out["prediction"],
+    }
+
+
+def _summarise(runs: list[dict]) -> dict:
+    keys = ("first_prediction_s", "interpreter_s", "imports_s", "load_s", "first_predict_s")
+    record = {f"{k}_median": median([r[k] for r in runs]) for k in keys}
+    record["first_prediction_s_all"] = [round(r["first_prediction_s"], 4) for r in runs]
+    record["heavy_modules"] = runs[0]["heavy_modules"]
+    return record
+
+
+@pytest.mark.parametrize("target", ONNX_PROBES + TORCH_PROBES)
+def test_process_cold_start(target, request, bench_model, bench_config, sagemaker_model_dir,
+                            results):
+    if target in TORCH_PROBES:
+        request.getfixturevalue("torch_available")
+    model = {
+        "torch-eager": lambda: bench_model.checkpoint,
+        "torchscript": lambda: request.getfixturevalue("torchscript_file"),
+        "sagemaker": lambda: sagemaker_model_dir / "model.onnx",
+    }.get(target, lambda: bench_model.int8)()
+    runs = [_probe(target, str(model), str(bench_model.image), bench_config.threads)
+            for _ in range(bench_config.cold_repeats)]
+    record = {"target": target, "model_file": model.name, "repeats": len(runs),
+              **_summarise(runs)}
+    results.put("coldstart", f"process/{target}", record)
+    for run in runs:
+        assert_valid_prediction(run["prediction"], bench_model.classes)
+    if target in ONNX_PROBES:
+        # Serving code must never pull in torch or mlflow (the project's rule, checked here
+        # because an accidental import would also wreck the numbers).
+        assert not {"torch", "torchvision", "mlflow"} & set(run["heavy_modules"])
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("name", ["flask", "sagemaker", "lambda", "torch"])
+def test_container_cold_start(name, request, bench_model, bench_config, png_224,
+                              sagemaker_model_dir, results):
+    image = (request.getfixturevalue("baseline_image") if name == "torch"
+             else request.getfixturevalue("onnx_images")[name])
+    runs = []
+    for _ in range(bench_config.cold_repeats):
+        with running(name, image, threads=bench_config.threads,
+                     sagemaker_model_dir=sagemaker_model_dir) as target:
+            seconds, reply = wait_first_ok(target, png_224)
+            extra = {}
+            if name == "lambda":
+                runtime = target.runtime
+                extra["init_s"] = runtime.next_calls[0] - target.box.started_at
+            runs.append({"first_200_s": seconds, **extra})
+            assert_valid_prediction(reply.json(), bench_model.classes)
+    record = {"target": name, "image": image, "repeats": len(runs),
+              "first_200_s_median": median([r["first_200_s"] for r in runs]),
+              "first_200_s_all": [round(r["first_200_s"], 4) for r in runs]}
+    if name == "lambda":
+        record["init_s_median"] = median([r["init_s"] for r in runs])
+    results.put("coldstart", f"container/{name}", record)

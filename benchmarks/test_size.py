@@ -1,0 +1,45 @@
+"""(5) Size: each image's size (as the engine reports it) and the installed size of its Python
+environment (/opt/venv), with the largest packages — ONNX images vs the PyTorch baseline."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from awsdeploy.containers import base_image, engine, image_size_bytes
+
+_DU = ("du -sk /opt/venv | cut -f1; "
+       "du -sk /opt/venv/lib/python3*/site-packages/* | sort -rn | head -n 6")
+
+
+def _venv_sizes(image: str) -> dict:
+    """(/opt/venv KiB, top packages) by running `du` inside the image."""
+    done = subprocess.run([engine(), "run", "--rm", "--entrypoint", "sh", image, "-c", _DU],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split("\n")
+    total_kib = int(lines[0].strip())
+    top = []
+    for line in lines[1:]:
+        if line.strip():
+            size, path = line.split("\t", 1)
+            top.append({"package": path.rsplit("/", 1)[-1], "mb": int(size) / 1024})
+    return {"venv_mb": total_kib / 1024, "top_packages": top}
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("name", ["flask", "sagemaker", "lambda", "torch"])
+def test_image_size(name, request, results):
+    image = (request.getfixturevalue("baseline_image") if name == "torch"
+             else request.getfixturevalue("onnx_images")[name])
+    record = {"target": name, "image": image, "image_mb": image_size_bytes(image) / 1e6,
+              **_venv_sizes(image)}
+    if results.get("size", "base") is None:
+        try:
+            base_mb = image_size_bytes(base_image()) / 1e6
+        except subprocess.CalledProcessError:  # BASE_IMAGE not pulled/built locally
+            base_mb = None
+        results.put("size", "base", {"image": base_image(), "base_image_mb": base_mb})
+    results.put("size", name, record)
+    assert record["venv_mb"] > 0 and record["image_mb"] > 0

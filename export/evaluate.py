@@ -1,0 +1,111 @@
+"""Numbers the export gates on: FP32 parity with PyTorch, and INT8 against FP32."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.convert import ExportError
+from services.model import InferenceModel, softmax
+from services.preprocessing import PreprocessSpec, preprocess_bytes
+from training.metrics import binary_metrics
+
+
+def load_batch(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
+    """Image files → (N, 3, S, S) float32 through the serving preprocessing."""
+    return np.stack([preprocess_bytes(p.read_bytes(), spec) for p in paths])
+
+
+def torch_probabilities(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        logits = model.eval().cpu()(torch.from_numpy(batch))  # (N, C)
+    return softmax(logits.numpy())
+
+
+def onnx_probabilities(model: InferenceModel, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+    meta = model.metadata
+    parts = [
+        model.session.run([meta.output_name], {meta.input_name: batch[i : i + chunk]})[0]
+        for i in range(0, len(batch), chunk)
+    ]
+    return softmax(np.concatenate(parts))
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    images: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "passed": self.passed}
+
+
+def check_parity(
+    torch_model: torch.nn.Module, onnx_model: InferenceModel, batch: np.ndarray, tolerance: float
+) -> ParityResult:
+    """ONNX FP32 vs PyTorch on the same preprocessed images; raises ExportError if over."""
+    diff = np.abs(torch_probabilities(torch_model, batch) - onnx_probabilities(onnx_model, batch))
+    result = ParityResult(len(batch), float(diff.max()), float(diff.mean()), tolerance)
+    if not result.passed:
+        raise ExportError(
+            f"parity gate failed: ONNX FP32 and PyTorch probabilities differ by up to "
+            f"{result.max_abs_diff:.3g} (mean {result.mean_abs_diff:.3g}) on {result.images} "
+            f"images; the tolerance is {tolerance:g}. The exported graph does not compute "
+            "what the PyTorch model computes."
+        )
+    return result
+
+
+def compare_precisions(
+    fp32: InferenceModel, int8: InferenceModel, batch: np.ndarray, labels: np.ndarray
+) -> dict:
+    """FP32 vs INT8 on held-out images: metrics of each, deltas and top-1 agreement."""
+    meta = fp32.metadata
+    pos = meta.positive_index
+    p32 = onnx_probabilities(fp32, batch)
+    p8 = onnx_probabilities(int8, batch)
+    m32 = binary_metrics(labels, p32[:, pos], meta.threshold)
+    m8 = binary_metrics(labels, p8[:, pos], meta.threshold)
+    same_label = (p32[:, pos] >= meta.threshold) == (p8[:, pos] >= meta.threshold)
+    return {
+        "images": len(batch),
+        "fp32": m32,
+        "int8": m8,
+        "accuracy_drop_pp": 100.0 * (m32["accuracy"] - m8["accuracy"]),
+        "auc_drop": _auc(m32) - _auc(m8),
+        "top1_agreement": float(same_label.mean()),
+        "max_abs_prob_diff": float(np.abs(p32 - p8).max()),
+    }
+
+
+def _auc(metrics: dict) -> float:
+    value = metrics.get("roc_auc")
+    return float("nan") if value is None else float(value)
+
+
+def accuracy_gate(comparison: dict, max_drop_pp: float, allow_degraded: bool) -> str | None:
+    """None when INT8 is acceptable, else the failure message (raised unless allowed)."""
+    drop = comparison["accuracy_drop_pp"]
+    if drop <= max_drop_pp:
+        return None
+    message = (
+        f"INT8 accuracy gate: accuracy fell by {drop:.2f} percentage points "
+        f"({comparison['fp32']['accuracy']:.4f} → {comparison['int8']['accuracy']:.4f} on "
+        f"{comparison['images']} held-out images, top-1 agreement "
+        f"{comparison['top1_agreement']:.3f}); the limit is {max_drop_pp:g} pp. Calibrate on "
+        "more images (--calibration-size), try --calibration-method entropy, or pass "
+        "--allow-degraded to keep it anyway."
+    )
+    if allow_degraded:
+        return message
+    raise ExportError(message)

@@ -1,0 +1,391 @@
+"""Export the chosen model to ONNX: FP32 (parity-gated) and static INT8 (accuracy-gated).
+
+    python export/to_onnx.py                                  # latest mhist-resnet18 version
+    python export/to_onnx.py --model-uri models:/mhist-resnet18@champion --data-dir data/mhist
+    python export/to_onnx.py --checkpoint artifacts/best.pt --no-mlflow
+
+Writes OUT/model.onnx, OUT/model.int8.onnx and OUT/export_report.json. Each ONNX file carries
+its classes, threshold, preprocessing, precision, provenance and metrics as metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from export.convert import OPSET, ExportError, export_fp32, write_metadata
+from export.evaluate import (
+    accuracy_gate,
+    check_parity,
+    compare_precisions,
+    load_batch,
+)
+from export.quantize import (
+    ImageCalibrationReader,
+    QuantSettings,
+    pick_calibration_images,
+    quantize_int8,
+)
+from export.source import ModelSource, from_checkpoint, from_mlflow
+from services.metadata import ModelMetadata
+from services.model import InferenceModel
+from services.preprocessing import PreprocessSpec
+from training.data import DatasetError, load_annotations
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model-uri",
+        default="models:/mhist-resnet18/latest",
+        help="MLflow model URI: models:/NAME/VERSION|latest, models:/NAME@ALIAS, runs:/ID/model",
+    )
+    src.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a training checkpoint (best.pt) instead of an MLflow model",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MHIST folder for parity, calibration and evaluation (default: the training run's)",
+    )
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="output folder")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    p.add_argument(
+        "--experiment", default="mhist", help="MLflow experiment for the export run"
+    )
+    p.add_argument(
+        "--registered-model",
+        default="mhist-resnet18-onnx",
+        help="registered model name for the ONNX files",
+    )
+    p.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log and register the ONNX files in MLflow",
+    )
+    p.add_argument("--parity-images", type=int, default=32, help="test images for the parity gate")
+    p.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=1e-4,
+        help="max abs difference of probabilities, ONNX FP32 vs PyTorch",
+    )
+    p.add_argument(
+        "--calibration-size", type=int, default=128, help="train images to calibrate INT8 on"
+    )
+    p.add_argument(
+        "--calibration-seed", type=int, default=0, help="seed for picking calibration images"
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=["MinMax", "Entropy", "Percentile"],
+        default="MinMax",
+        help="activation range calibration",
+    )
+    p.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="7-bit weights: avoids u8s8 saturation on AVX2 CPUs without VNNI",
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=int,
+        default=0,
+        help="cap on held-out images for FP32 vs INT8 (0 = all)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        help="INT8 may lose at most this many accuracy percentage points vs FP32",
+    )
+    p.add_argument(
+        "--allow-degraded", action="store_true", help="keep an INT8 file that fails the gate"
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    source = _load_source(args)
+    spec = PreprocessSpec.from_dict(source.card["preprocessing"])
+    data_dir = args.data_dir or Path(source.card.get("config", {}).get("data_dir", ""))
+    records = _records(data_dir)
+    test = sorted((r for r in records if r.partition == "test"), key=lambda r: r.name)
+    train = [r for r in records if r.partition == "train"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = args.out / "model.onnx", args.out / "model.int8.onnx"
+
+    t = time.perf_counter()
+    export_fp32(source.model, spec.size, fp32_path)
+    write_metadata(fp32_path, _metadata(source, spec, "fp32", {}))
+    timings["export_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fp32 = InferenceModel(fp32_path)
+    parity = check_parity(
+        source.model,
+        fp32,
+        load_batch([r.path for r in test[: args.parity_images]], spec),
+        args.parity_tolerance,
+    )
+    timings["parity_s"] = time.perf_counter() - t
+    print(
+        f"parity: max |Δp| {parity.max_abs_diff:.2e} on {parity.images} images "
+        f"(tolerance {parity.tolerance:g}) — passed"
+    )
+
+    t = time.perf_counter()
+    calibration = pick_calibration_images(
+        [r.path for r in train], args.calibration_size, args.calibration_seed
+    )
+    settings = QuantSettings(
+        reduce_range=args.reduce_range,
+        calibration_method=args.calibration_method,
+        calibration_images=len(calibration),
+        calibration_seed=args.calibration_seed,
+    )
+    quantize_int8(
+        fp32_path, int8_path, ImageCalibrationReader(calibration, spec, "input"), settings
+    )
+    write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict()))
+    timings["quantize_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    held_out = test[: args.eval_limit] if args.eval_limit else test
+    comparison = compare_precisions(
+        fp32,
+        InferenceModel(int8_path),
+        load_batch([r.path for r in held_out], spec),
+        np.array([int(r.label == source.card["positive_class"]) for r in held_out]),
+    )
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    report = _report(
+        args, source, data_dir, parity, settings, comparison, fp32_path, int8_path, timings
+    )
+    report_path = args.out / "export_report.json"
+    try:
+        report["int8"]["gate"]["warning"] = accuracy_gate(
+            comparison, args.max_accuracy_drop, args.allow_degraded
+        )
+    except ExportError:
+        int8_path.unlink()  # nobody should serve a file that failed its gate
+        report["int8"]["gate"]["passed"] = False
+        report_path.write_text(json.dumps(report, indent=2))
+        raise
+    report_path.write_text(json.dumps(report, indent=2))
+    if args.mlflow:
+        report["mlflow"] = _log(args, source, report, report_path, fp32_path, int8_path)
+        report_path.write_text(json.dumps(report, indent=2))
+    _print_summary(report)
+    return report
+
+
+def _load_source(args: argparse.Namespace) -> ModelSource:
+    if args.checkpoint is not None:
+        return from_checkpoint(args.checkpoint)
+    return from_mlflow(args.model_uri, args.tracking_uri)
+
+
+def _records(data_dir: Path) -> list:
+    if not str(data_dir):
+        raise DatasetError(
+            "no data folder: pass --data-dir (the MHIST folder with annotations.csv)"
+        )
+    records = load_annotations(data_dir)
+    if not any(r.partition == "test" for r in records) or not any(
+        r.partition == "train" for r in records
+    ):
+        raise DatasetError(
+            f"{data_dir}: export needs both train (calibration) and test (evaluation) images"
+        )
+    return records
+
+
+def _metadata(
+    source: ModelSource, spec: PreprocessSpec, precision: str, quantization: dict
+) -> ModelMetadata:
+    card = source.card
+    return ModelMetadata(
+        classes=tuple(card["classes"]),
+        positive_class=card["positive_class"],
+        threshold=float(card["threshold"]),
+        preprocessing=spec,
+        precision=precision,
+        name=source.registered_model or "mhist-resnet18",
+        version=source.registered_version or "unregistered",
+        provenance={
+            "source_uri": source.uri,
+            "mlflow_run_id": source.run_id,
+            "registered_model": source.registered_model,
+            "registered_version": source.registered_version,
+            "training_git_commit": card.get("git_commit"),
+            "export_git_commit": _git_commit(),
+            "threshold_rule": card.get("threshold_rule"),
+            "synthetic_data": bool((card.get("dataset") or {}).get("synthetic", False)),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        metrics=card.get("metrics", {}),
+        quantization=quantization,
+    )
+
+
+def _report(
+    args, source, data_dir, parity, settings, comparison, fp32_path, int8_path, timings
+) -> dict:
+    fp32_size, int8_size = fp32_path.stat().st_size, int8_path.stat().st_size
+    return {
+        "source": {
+            "uri": source.uri,
+            "run_id": source.run_id,
+            "registered_model": source.registered_model,
+            "registered_version": source.registered_version,
+        },
+        "data_dir": str(data_dir),
+        "synthetic_data": bool((source.card.get("dataset") or {}).get("synthetic", False)),
+        "opset": OPSET,
+        "parity": parity.to_dict(),
+        "int8": {
+            "settings": settings.to_dict(),
+            "comparison": comparison,
+            "gate": {"max_accuracy_drop_pp": args.max_accuracy_drop, "passed": True},
+        },
+        "files": {
+            "fp32": _file_info(fp32_path),
+            "int8": _file_info(int8_path),
+        },
+        "int8_to_fp32_size": int8_size / fp32_size,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "cpu": _cpu_flags(),
+        "versions": _versions(),
+    }
+
+
+def _file_info(path: Path) -> dict:
+    t = time.perf_counter()
+    InferenceModel(path)
+    load_s = time.perf_counter() - t
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "load_s": round(load_s, 4),
+    }
+
+
+def _cpu_flags() -> dict:
+    try:
+        flags = next(
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        ).split()
+    except (OSError, StopIteration):
+        flags = []
+    return {
+        "avx2": "avx2" in flags,
+        "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
+    }
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _log(args, source, report, report_path, fp32_path, int8_path) -> dict:
+    from export.tracking import log_export
+
+    return log_export(
+        args.tracking_uri,
+        args.experiment,
+        args.registered_model,
+        {"fp32": fp32_path, "int8": int8_path},
+        report,
+        report_path,
+        source.run_id,
+    )
+
+
+def _print_summary(report: dict) -> None:
+    cmp_ = report["int8"]["comparison"]
+    files = report["files"]
+    synthetic = " (SYNTHETIC sample data)" if report["synthetic_data"] else ""
+    print(
+        f"export done{synthetic}: FP32 {files['fp32']['size_bytes'] / 1e6:.1f} MB, "
+        f"INT8 {files['int8']['size_bytes'] / 1e6:.1f} MB "
+        f"({100 * report['int8_to_fp32_size']:.0f} %); "
+        f"accuracy FP32 {cmp_['fp32']['accuracy']:.3f} vs INT8 {cmp_['int8']['accuracy']:.3f}, "
+        f"agreement {cmp_['top1_agreement']:.3f} on {cmp_['images']} held-out images"
+    )
+    if report["int8"]["gate"].get("warning"):
+        print(f"WARNING (--allow-degraded): {report['int8']['gate']['warning']}")
+    if "mlflow" in report:
+        print(
+            f"registered {report['mlflow']['registered_model']} "
+            f"versions {report['mlflow']['versions']}"
+        )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ExportError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

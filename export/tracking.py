@@ -1,0 +1,70 @@
+"""Log the exported files to MLflow and register them as `mhist-resnet18-onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+
+def log_export(
+    tracking_uri: str,
+    experiment: str,
+    registered_name: str,
+    files: dict[str, Path],
+    report: dict,
+    report_path: Path,
+    source_run_id: str | None,
+) -> dict:
+    """One MLflow run holding both ONNX models, each registered as a version of the same name.
+
+    FP32 and INT8 versions are told apart by the version tag `precision`.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    registered: dict[str, str] = {}
+    with mlflow.start_run(run_name="onnx-export") as run:
+        mlflow.set_tags(
+            {
+                "stage": "export",
+                "source_run_id": source_run_id or "",
+                "source_uri": report["source"]["uri"],
+            }
+        )
+        mlflow.log_params({f"quant_{k}": v for k, v in report["int8"]["settings"].items()})
+        mlflow.log_metrics(_flat_metrics(report))
+        mlflow.log_artifact(str(report_path))
+        for precision, path in files.items():
+            info = mlflow.onnx.log_model(
+                onnx.load(str(path)),
+                name=f"onnx-{precision}",
+                registered_model_name=registered_name,
+                save_as_external_data=False,
+            )
+            version = str(info.registered_model_version)
+            client.set_model_version_tag(registered_name, version, "precision", precision)
+            client.set_model_version_tag(
+                registered_name, version, "sha256", report["files"][precision]["sha256"]
+            )
+            if source_run_id:
+                client.set_model_version_tag(
+                    registered_name, version, "source_run_id", source_run_id
+                )
+            registered[precision] = version
+    return {"run_id": run.info.run_id, "registered_model": registered_name, "versions": registered}
+
+
+def _flat_metrics(report: dict) -> dict[str, float]:
+    int8 = report["int8"]["comparison"]
+    return {
+        "parity_max_abs_diff": report["parity"]["max_abs_diff"],
+        "int8_accuracy_drop_pp": int8["accuracy_drop_pp"],
+        "int8_top1_agreement": int8["top1_agreement"],
+        "fp32_size_mb": report["files"]["fp32"]["size_bytes"] / 1e6,
+        "int8_size_mb": report["files"]["int8"]["size_bytes"] / 1e6,
+        "export_seconds": report["timings"]["total_s"],
+    }

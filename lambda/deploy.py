@@ -1,0 +1,364 @@
+"""Deploy the Lambda target with boto3: ECR → image → IAM role → function → HTTP API.
+
+    python lambda/deploy.py deploy --model artifacts/model.int8.onnx [--architecture arm64] ...
+    python lambda/deploy.py deploy --image-uri ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG
+    python lambda/deploy.py destroy [--keep-repository]
+    add --dry-run to print the plan without calling AWS.
+
+`deploy` is idempotent (create or update every resource); `destroy` removes what `deploy`
+made and is re-runnable. AWS_ENDPOINT_URL points every client elsewhere (moto in server mode
+in the tests). lambda/template.yaml (AWS SAM) describes the same stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python lambda/deploy.py` puts lambda/ first, not the root
+    sys.path.insert(0, str(REPO_ROOT))
+
+from awsdeploy import aws  # noqa: E402 - needs the path fix above
+from awsdeploy.aws import Plan  # noqa: E402
+
+BASIC_EXECUTION_POLICY = "service-role/AWSLambdaBasicExecutionRole"
+ROUTES = ("POST /predict", "GET /health")
+HTTP_API_MAX_TIMEOUT_MS = 30_000  # API Gateway HTTP API integration ceiling
+PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
+
+
+@dataclass(frozen=True)
+class Names:
+    function: str
+    repository: str
+    role: str
+    api: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Names:
+        return cls(
+            function=args.name,
+            repository=args.repository or f"{args.name}-lambda",
+            role=args.role_name or f"{args.name}-lambda-role",
+            api=args.api_name or f"{args.name}-http-api",
+        )
+
+
+# --- deploy -----------------------------------------------------------------------------------
+
+def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
+    names = Names.from_args(args)
+    region = aws.region_name(args.region)
+    clients = None if plan.dry_run else _clients(region)
+    repository_uri = f"<account>.dkr.ecr.{region}.amazonaws.com/{names.repository}"
+
+    if plan.step(f"ensure ECR repository {names.repository} (scan on push, lifecycle keeps "
+                 f"{args.keep_images} images)"):
+        repository_uri = aws.ensure_repository(clients["ecr"], names.repository,
+                                               args.keep_images, plan.note)
+    image_uri = args.image_uri or f"{repository_uri}:{args.tag}"
+    if args.image_uri:
+        plan.step(f"skip build and push: use the given image {image_uri}")
+    elif plan.step(f"build lambda/Dockerfile for {PLATFORMS[args.architecture]} with MODEL_FILE="
+                   f"{args.model} and push {image_uri}"):
+        image_uri = aws.build_and_push(
+            clients["ecr"], repository_uri, args.tag, REPO_ROOT / "lambda" / "Dockerfile",
+            build_args={"MODEL_FILE": args.model}, platform=PLATFORMS[args.architecture],
+            note=plan.note)
+
+    role_arn = f"arn:aws:iam::<account>:role/{names.role}"
+    if plan.step(f"ensure IAM role {names.role}: trusted by lambda.amazonaws.com, only "
+                 f"{BASIC_EXECUTION_POLICY} attached"):
+        role_arn = aws.ensure_role(
+            clients["iam"], names.role, "lambda.amazonaws.com",
+            [aws.managed_policy_arn(BASIC_EXECUTION_POLICY, region)],
+            description=f"execution role of the {names.function} Lambda function",
+            note=plan.note)
+
+    function_arn = f"arn:aws:lambda:{region}:<account>:function:{names.function}"
+    if plan.step(f"create or update function {names.function} from {image_uri} "
+                 f"({args.architecture}, {args.memory} MB, {args.timeout} s, "
+                 f"reserved concurrency {args.reserved_concurrency or 'none'}); wait until active"):
+        function_arn = ensure_function(clients["lambda"], names.function, image_uri, role_arn,
+                                       args, plan)
+
+    if not plan.step(f"ensure HTTP API {names.api}: AWS_PROXY integration (payload 2.0), routes "
+                     f"{', '.join(ROUTES)}, $default stage with auto-deploy"):
+        plan.step(f"allow apigateway.amazonaws.com to invoke {names.function} from that API only")
+        plan.step("print the invoke URL and a curl example")
+        return None
+    api = ensure_http_api(clients["apigatewayv2"], names.api, function_arn, args, plan)
+
+    plan.step(f"allow apigateway.amazonaws.com to invoke {names.function} from API "
+              f"{api['ApiId']} only")
+    source_arn = (f"arn:{aws.partition(region)}:execute-api:{region}:"
+                  f"{function_arn.split(':')[4]}:{api['ApiId']}/*")
+    ensure_invoke_permission(clients["lambda"], names.function, api["ApiId"], source_arn, plan)
+
+    outputs = {"function_arn": function_arn, "image_uri": image_uri, "role_arn": role_arn,
+               "api_id": api["ApiId"], "invoke_url": api["ApiEndpoint"].rstrip("/")}
+    plan.step("print the invoke URL and a curl example")
+    print(f"\nInvoke URL: {outputs['invoke_url']}\n"
+          f"  curl -sS {outputs['invoke_url']}/health\n"
+          f"  curl -sS -X POST -H 'Content-Type: image/png' --data-binary @patch.png "
+          f"{outputs['invoke_url']}/predict")
+    print(json.dumps(outputs))
+    return outputs
+
+
+def _clients(region: str) -> dict:
+    session = aws.session(region)
+    return {name: aws.client(name, session)
+            for name in ("ecr", "iam", "lambda", "apigatewayv2")}
+
+
+def ensure_function(lam, name: str, image_uri: str, role_arn: str, args: argparse.Namespace,
+                    plan: Plan) -> str:
+    """Create the image function, or update its code and configuration; waits until active."""
+    config = {
+        "Role": role_arn,
+        "MemorySize": args.memory,
+        "Timeout": args.timeout,
+        "Environment": {"Variables": _environment(args)},
+        "Description": "MHIST polyp classifier (ONNX Runtime) behind an HTTP API",
+    }
+    found = aws.ignore_missing(lam.get_function, FunctionName=name)
+    if found is None:
+        # A role created seconds ago is not yet assumable by Lambda: retry on that error.
+        arn = aws.retry_on(("InvalidParameterValueException",), lam.create_function,
+                           FunctionName=name, PackageType="Image", Code={"ImageUri": image_uri},
+                           Architectures=[args.architecture], Publish=False, **config
+                           )["FunctionArn"]
+        plan.note(f"created function {name}")
+    else:
+        arn = found["Configuration"]["FunctionArn"]
+        lam.update_function_code(FunctionName=name, ImageUri=image_uri,
+                                 Architectures=[args.architecture])
+        _wait(lam, "function_updated_v2", name)
+        aws.retry_on(("InvalidParameterValueException", "ResourceConflictException"),
+                     lam.update_function_configuration, FunctionName=name, **config)
+        plan.note(f"updated function {name} (image and configuration)")
+    _wait(lam, "function_active_v2", name)
+    if args.reserved_concurrency is not None:
+        lam.put_function_concurrency(FunctionName=name,
+                                     ReservedConcurrentExecutions=args.reserved_concurrency)
+        plan.note(f"reserved concurrency {args.reserved_concurrency}")
+    else:
+        aws.ignore_missing(lam.delete_function_concurrency, FunctionName=name)
+    plan.note(f"function {name} is active")
+    return arn
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    variables = {"EMF_METRICS": "1" if args.emf else "0"}
+    if args.cors_origins:
+        variables["CORS_ALLOW_ORIGINS"] = args.cors_origins
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env {item!r}: expected KEY=VALUE")
+        variables[key] = value
+    return variables
+
+
+def _wait(lam, waiter: str, name: str) -> None:
+    lam.get_waiter(waiter).wait(FunctionName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+
+
+def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Namespace,
+                    plan: Plan) -> dict:
+    """HTTP API → one AWS_PROXY integration (payload 2.0) → the routes → $default stage."""
+    api = _find_api(api_client, name)
+    cors = _cors_configuration(args.cors_origins)
+    if api is None:
+        api = api_client.create_api(Name=name, ProtocolType="HTTP", **cors)
+        plan.note(f"created HTTP API {name} ({api['ApiId']})")
+    else:
+        if cors:
+            api_client.update_api(ApiId=api["ApiId"], **cors)
+        elif api.get("CorsConfiguration"):
+            api_client.delete_cors_configuration(ApiId=api["ApiId"])  # declarative: CORS off
+        plan.note(f"HTTP API {name} exists ({api['ApiId']})")
+    api_id = api["ApiId"]
+    integration_id = _ensure_integration(api_client, api_id, function_arn, args.timeout)
+    existing = {r["RouteKey"]: r for r in _items(api_client.get_routes, ApiId=api_id)}
+    for route_key in ROUTES:
+        target = f"integrations/{integration_id}"
+        if route_key in existing:
+            api_client.update_route(ApiId=api_id, RouteId=existing[route_key]["RouteId"],
+                                    Target=target)
+        else:
+            api_client.create_route(ApiId=api_id, RouteKey=route_key, Target=target)
+        plan.note(f"route {route_key} → {target}")
+    stages = {s["StageName"]: s for s in _items(api_client.get_stages, ApiId=api_id)}
+    if "$default" in stages:
+        # Only when someone turned auto-deploy off (moto also lacks UpdateStage).
+        if not stages["$default"].get("AutoDeploy"):
+            api_client.update_stage(ApiId=api_id, StageName="$default", AutoDeploy=True)
+    else:
+        api_client.create_stage(ApiId=api_id, StageName="$default", AutoDeploy=True)
+    plan.note("stage $default, auto-deploy on")
+    return api
+
+
+def _cors_configuration(origins: str | None) -> dict:
+    """API-level CORS (API Gateway answers preflights itself; the handler's env covers URLs/ALB)."""
+    if not origins:
+        return {}
+    return {"CorsConfiguration": {
+        "AllowOrigins": [o.strip() for o in origins.split(",") if o.strip()],
+        "AllowMethods": ["GET", "POST", "OPTIONS"],
+        "AllowHeaders": ["content-type", "authorization", "x-request-id"],
+        "ExposeHeaders": ["x-request-id"],
+        "MaxAge": 600,
+    }}
+
+
+def _ensure_integration(api_client, api_id: str, function_arn: str, timeout_s: int) -> str:
+    settings = {
+        "IntegrationType": "AWS_PROXY",
+        "IntegrationUri": function_arn,
+        "IntegrationMethod": "POST",
+        "PayloadFormatVersion": "2.0",
+        "TimeoutInMillis": min(timeout_s * 1000, HTTP_API_MAX_TIMEOUT_MS),
+    }
+    for integration in _items(api_client.get_integrations, ApiId=api_id):
+        if integration.get("IntegrationUri") == function_arn:
+            api_client.update_integration(ApiId=api_id,
+                                          IntegrationId=integration["IntegrationId"], **settings)
+            return integration["IntegrationId"]
+    return api_client.create_integration(ApiId=api_id, **settings)["IntegrationId"]
+
+
+def _find_api(api_client, name: str) -> dict | None:
+    matches = [a for a in _items(api_client.get_apis) if a["Name"] == name]
+    if len(matches) > 1:
+        raise SystemExit(f"{len(matches)} HTTP APIs are named {name}; delete the extras or pass "
+                         "--api-name")
+    return matches[0] if matches else None
+
+
+def _items(call, **kwargs) -> list[dict]:
+    """All items of an apigatewayv2 list call (NextToken paging; no paginators there)."""
+    items, token = [], None
+    while True:
+        page = call(**kwargs, **({"NextToken": token} if token else {}))
+        items += page.get("Items", [])
+        token = page.get("NextToken")
+        if not token:
+            return items
+
+
+def ensure_invoke_permission(lam, function: str, api_id: str, source_arn: str,
+                             plan: Plan) -> None:
+    """lambda:InvokeFunction for apigateway.amazonaws.com, limited to this API's ARN."""
+    statement_id = f"apigateway-{api_id}"
+    policy = aws.ignore_missing(lam.get_policy, FunctionName=function)
+    statements = json.loads(policy["Policy"])["Statement"] if policy else []
+    current = next((s for s in statements if s.get("Sid") == statement_id), None)
+    if current is not None and source_arn in json.dumps(current.get("Condition", {})):
+        plan.note(f"permission {statement_id} already allows {source_arn}")
+        return
+    if current is not None:
+        lam.remove_permission(FunctionName=function, StatementId=statement_id)
+    lam.add_permission(FunctionName=function, StatementId=statement_id,
+                       Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
+                       SourceArn=source_arn)
+    plan.note(f"permission {statement_id}: InvokeFunction from {source_arn}")
+
+
+# --- destroy ----------------------------------------------------------------------------------
+
+def destroy(args: argparse.Namespace, plan: Plan) -> None:
+    names = Names.from_args(args)
+    clients = None if plan.dry_run else _clients(aws.region_name(args.region))
+    if plan.step(f"delete HTTP API {names.api} (its routes, integration and stage)"):
+        api = _find_api(clients["apigatewayv2"], names.api)
+        if api is None:
+            plan.note(f"HTTP API {names.api} was already absent")
+        else:
+            clients["apigatewayv2"].delete_api(ApiId=api["ApiId"])
+            plan.note(f"HTTP API {names.api} ({api['ApiId']}) deleted")
+    if plan.step(f"delete function {names.function} (and its resource policy)"):
+        gone = aws.ignore_missing(clients["lambda"].delete_function,
+                                  FunctionName=names.function) is None
+        plan.note(f"function {names.function} " + ("was already absent" if gone else "deleted"))
+    if plan.step(f"delete IAM role {names.role}"):
+        aws.delete_role(clients["iam"], names.role, plan.note)
+    if args.keep_repository:
+        plan.step(f"keep ECR repository {names.repository} (--keep-repository)")
+    elif plan.step(f"delete ECR repository {names.repository} and its images"):
+        aws.delete_repository(clients["ecr"], names.repository, plan.note)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Deploy or destroy the MHIST Lambda target.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("deploy", "destroy"):
+        p = sub.add_parser(command, help=f"{command} the stack")
+        p.add_argument("--name", default="mhist-classifier", help="function name (and prefix)")
+        p.add_argument("--repository", default=None, help="ECR repository (default NAME-lambda)")
+        p.add_argument("--role-name", default=None, help="IAM role (default NAME-lambda-role)")
+        p.add_argument("--api-name", default=None, help="HTTP API name (default NAME-http-api)")
+        p.add_argument("--region", default=None, help="AWS region (default from the env)")
+        p.add_argument("--dry-run", action="store_true", help="print the plan, call nothing")
+    dep = sub.choices["deploy"]
+    dep.add_argument("--image-uri", default=None,
+                     help="use this pushed image and skip build + push")
+    dep.add_argument("--model", default="artifacts/model.int8.onnx",
+                     help="ONNX file (inside the repository) baked into the image")
+    dep.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"),
+                     help="image tag to push (default: a timestamp)")
+    dep.add_argument("--architecture", choices=sorted(PLATFORMS), default="x86_64",
+                     help="function architecture (arm64 is cheaper per GB-second)")
+    dep.add_argument("--memory", type=int, default=2048,
+                     help="MB; Lambda gives CPU in proportion (1769 MB = one vCPU)")
+    dep.add_argument("--timeout", type=int, default=30, help="seconds (HTTP API caps at 30)")
+    dep.add_argument("--reserved-concurrency", type=int, default=None,
+                     help="reserve (and cap) concurrent executions; default unreserved")
+    dep.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra environment variable for the function (repeatable)")
+    dep.add_argument("--cors-origins", default=None,
+                     help="comma-separated allowed origins ('*' for any); default no CORS")
+    dep.add_argument("--emf", action=argparse.BooleanOptionalAction, default=True,
+                     help="CloudWatch EMF metrics (latency, inference time) in the logs")
+    dep.add_argument("--keep-images", type=int, default=10,
+                     help="ECR lifecycle policy keeps this many images")
+    sub.choices["destroy"].add_argument("--keep-repository", action="store_true",
+                                        help="leave the ECR repository and its images")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    plan = Plan(dry_run=args.dry_run)
+    if args.command == "deploy":
+        _validate(args)
+        deploy(args, plan)
+    else:
+        destroy(args, plan)
+    print(plan.summary())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not 128 <= args.memory <= 10_240:
+        raise SystemExit(f"--memory {args.memory}: Lambda allows 128 to 10240 MB")
+    if not 1 <= args.timeout <= 900:
+        raise SystemExit(f"--timeout {args.timeout}: Lambda allows 1 to 900 s")
+    if args.reserved_concurrency is not None and args.reserved_concurrency < 0:
+        raise SystemExit("--reserved-concurrency must be 0 or more (0 blocks all invocations)")
+    if not args.image_uri and not (REPO_ROOT / args.model).is_file() and not args.dry_run:
+        raise SystemExit(f"--model {args.model} does not exist; export one first (make export) "
+                         "or pass --image-uri")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

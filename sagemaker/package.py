@@ -1,0 +1,169 @@
+"""Write model.tar.gz for SageMaker (ModelDataUrl) from an exported ONNX file or MLflow.
+
+    python sagemaker/package.py                                   # artifacts/model.int8.onnx
+    python sagemaker/package.py --onnx artifacts/model.onnx --out build/model.tar.gz
+    python sagemaker/package.py --model-uri models:/mhist-resnet18-onnx --precision int8 \
+        --tracking-uri sqlite:///mlflow.db
+
+The archive holds, at its root (SageMaker extracts it into /opt/ml/model):
+    model.onnx      the self-describing ONNX file, unchanged
+    manifest.json   model_file, sha256, size_bytes, where it came from, the model's metadata
+Before writing, the staged folder is loaded with the container's own loader (model_loader),
+so an archive this script writes is one `serve` accepts. The archive is byte-reproducible
+(sorted members, zero mtimes and owners), so the same model gives the same S3 object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+# Run as a script, this folder is on sys.path: the container's loader is importable by name.
+import model_loader
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ONNX = REPO_ROOT / "artifacts" / "model.int8.onnx"
+REGISTERED_MODEL = "mhist-resnet18-onnx"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))?$")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--onnx", type=Path, default=None,
+                        help=f"exported ONNX file (default {DEFAULT_ONNX.relative_to(REPO_ROOT)})")
+    source.add_argument("--model-uri", default=None,
+                        help=f"MLflow model URI, e.g. models:/{REGISTERED_MODEL}[/VERSION|@ALIAS] "
+                             "or runs:/RUN_ID/onnx-int8")
+    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8",
+                        help="for models:/NAME or models:/NAME/latest: newest version with this "
+                             "precision tag (default int8)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--out", type=Path, default=Path("model.tar.gz"),
+                        help="archive to write (default ./model.tar.gz)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mhist-package-") as tmp:
+        try:
+            if args.model_uri:
+                onnx_path, source = fetch_from_mlflow(
+                    args.model_uri, args.tracking_uri, args.precision, Path(tmp) / "download")
+            else:
+                onnx_path = args.onnx or DEFAULT_ONNX
+                source = {"kind": "file", "path": str(onnx_path)}
+            summary = package(onnx_path, args.out, source, Path(tmp) / "stage")
+        except (model_loader.ModelLoadError, FileNotFoundError, ValueError) as exc:
+            print(f"package: error: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def package(onnx_path: Path, out: Path, source: dict, stage: Path) -> dict:
+    """Stage model.onnx + manifest.json, prove they load, write the archive; returns a summary."""
+    if not onnx_path.is_file():
+        raise FileNotFoundError(
+            f"{onnx_path} does not exist: export a model first (python export/to_onnx.py) "
+            "or pass --onnx PATH / --model-uri URI"
+        )
+    stage.mkdir(parents=True)
+    shutil.copyfile(onnx_path, stage / model_loader.MODEL_FILE)
+    model = model_loader.load_model(stage, threads=1)  # the container's own check
+    manifest = {
+        "format": 1,
+        "model_file": model_loader.MODEL_FILE,
+        "sha256": model.sha256,
+        "size_bytes": model.path.stat().st_size,
+        "source": source,
+        "metadata": model.metadata.describe(),
+    }
+    (stage / model_loader.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    write_archive(stage, out)
+    return {"archive": str(out), "archive_bytes": out.stat().st_size, "model_sha256": model.sha256,
+            "name": model.metadata.name, "version": model.metadata.version,
+            "precision": model.metadata.precision, "source": source}
+
+
+def write_archive(folder: Path, out: Path) -> None:
+    """tar.gz of the folder's files at the archive root, reproducible byte for byte."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.iterdir()):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = 0o644  # readable by the container's non-root user
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+
+
+def fetch_from_mlflow(uri: str, tracking_uri: str | None, precision: str,
+                      dest: Path) -> tuple[Path, dict]:
+    """Download a logged ONNX model; returns its .onnx path and a provenance dict."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    # models:/ URIs are resolved through the registry URI, which otherwise defaults to
+    # ./mlflow.db whatever tracking_uri says.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        resolved, version_tags = _resolve(client, uri, precision)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved,
+                                                         dst_path=str(dest)))
+    except MlflowException as exc:
+        raise ValueError(f"cannot fetch {uri} from {tracking_uri}: {exc.message}") from None
+    flavor = Model.load(str(local)).flavors.get("onnx")
+    if not flavor:
+        raise ValueError(f"{resolved} is not an ONNX model (no onnx flavor in its MLmodel)")
+    onnx_path = local / flavor["data"]
+    source = {"kind": "mlflow", "model_uri": resolved, "requested_uri": uri, **version_tags}
+    return onnx_path, source
+
+
+def _resolve(client, uri: str, precision: str) -> tuple[str, dict]:
+    """models:/NAME, /latest, /VERSION or @ALIAS → models:/NAME/VERSION plus its tags."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        if uri.startswith("runs:/"):
+            return uri, {}
+        raise ValueError(f"unsupported model URI {uri!r}: use models:/NAME[/VERSION|@ALIAS] "
+                         "or runs:/RUN_ID/PATH")
+    name = match["name"]
+    if match["alias"]:
+        found = client.get_model_version_by_alias(name, match["alias"])
+    elif match["version"] and match["version"] != "latest":
+        found = client.get_model_version(name, match["version"])
+    else:
+        # Export registers FP32 and INT8 as versions of one name, told apart by a tag.
+        candidates = [v for v in client.search_model_versions(f"name='{name}'")
+                      if v.tags.get("precision") == precision]
+        if not candidates:
+            raise ValueError(f"no version of registered model {name!r} has tag "
+                             f"precision={precision}: run python export/to_onnx.py first")
+        found = max(candidates, key=lambda v: int(v.version))
+    tags = {"registered_model": name, "registered_version": str(found.version),
+            "run_id": found.run_id, "precision": found.tags.get("precision")}
+    return f"models:/{name}/{found.version}", tags
+
+
+if __name__ == "__main__":
+    sys.exit(main())

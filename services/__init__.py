@@ -1,0 +1,1 @@
+"""ONNX-only serving core for the MHIST classifier (no torch, torchvision or mlflow here)."""

@@ -1,0 +1,20 @@
+"""The one error type every target turns into `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error a client can act on: an HTTP status, a stable machine code and a message."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, not ONNX or lacks the metadata serving needs (start-up only)."""

@@ -1,0 +1,188 @@
+"""The ONNX inference core shared by Flask, Lambda and SageMaker: load once, predict many.
+
+decode → preprocess → session.run → postprocess, with the model's own metadata deciding the
+classes, threshold and preprocessing. onnxruntime + numpy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.errors import ModelLoadError, ServiceError
+from services.metadata import ModelMetadata
+from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess_bytes
+
+
+def default_threads(workers: int = 1) -> int:
+    """Intra-op threads so that workers × threads ≤ the CPUs this process may use.
+
+    `os.sched_getaffinity` honours cpusets (container CPU limits set with --cpuset-cpus);
+    onnxruntime itself would size its pool from all host cores.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))
+
+
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """CPU session options for small machines.
+
+    Spinning threads burn a core waiting for work: good for one process owning the CPU,
+    bad when several gunicorn workers share a couple of cores, hence a switch.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+    def to_dict(self, metadata: ModelMetadata) -> dict:
+        return {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "threshold": metadata.threshold,
+            "model": {
+                "name": metadata.name,
+                "version": metadata.version,
+                "precision": metadata.precision,
+            },
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, stable for large logits; (N, C) → (N, C)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class InferenceModel:
+    """One ONNX file, its metadata and one onnxruntime session (built once per process)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        spinning: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.path = Path(path)
+        self.max_pixels = max_pixels
+        self.threads = threads or default_threads()
+        self.sha256 = _sha256_of_model(self.path)
+        started = time.perf_counter()
+        self.session = _load_session(self.path, session_options(self.threads, spinning))
+        self.metadata = _read_metadata(self.path, self.session)
+        self.load_seconds = time.perf_counter() - started
+
+    def predict_bytes(self, data: bytes) -> dict:
+        """One image's bytes → prediction JSON; ServiceError (4xx) for a bad image."""
+        batch = preprocess_bytes(data, self.metadata.preprocessing, self.max_pixels)[None]
+        return self.predict_array(batch)[0].to_dict(self.metadata)
+
+    def predict_many(self, images: list[bytes]) -> list[dict]:
+        """Several images in one session.run; a bad image becomes its own error item."""
+        arrays: list[np.ndarray] = []
+        results: list[dict | None] = []
+        for data in images:
+            try:
+                arrays.append(preprocess_bytes(data, self.metadata.preprocessing, self.max_pixels))
+                results.append(None)
+            except ServiceError as exc:
+                results.append({**exc.to_dict(), "status": exc.status_code})
+        if arrays:
+            predictions = iter(self.predict_array(np.stack(arrays)))  # (N, 3, S, S)
+            results = [
+                r if r is not None else next(predictions).to_dict(self.metadata) for r in results
+            ]
+        return results  # type: ignore[return-value]
+
+    def predict_array(self, batch: np.ndarray) -> list[Prediction]:
+        """Preprocessed (N, 3, S, S) float32 → one Prediction per row."""
+        meta = self.metadata
+        (logits,) = self.session.run([meta.output_name], {meta.input_name: batch})  # (N, C)
+        probabilities = softmax(logits)
+        positive = probabilities[:, meta.positive_index]
+        negative = [c for c in meta.classes if c != meta.positive_class]
+        predictions = []
+        for row, p_pos in zip(probabilities, positive, strict=True):
+            if len(meta.classes) == 2:
+                label = meta.positive_class if p_pos >= meta.threshold else negative[0]
+            else:
+                label = meta.classes[int(row.argmax())]
+            predictions.append(
+                Prediction(
+                    label=label,
+                    probabilities={c: float(p) for c, p in zip(meta.classes, row, strict=True)},
+                )
+            )
+        return predictions
+
+    def describe(self) -> dict:
+        return {
+            **self.metadata.describe(),
+            "sha256": self.sha256,
+            "file": self.path.name,
+            "size_bytes": self.path.stat().st_size,
+            "intra_op_threads": self.threads,
+            "onnxruntime": ort.__version__,
+        }
+
+
+def _sha256_of_model(path: Path) -> str:
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist (set MODEL_PATH to an ONNX file)")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file {path} is empty (0 bytes)")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable files
+        raise ModelLoadError(f"model file {path} is not a loadable ONNX model: {exc}") from None
+
+
+def _read_metadata(path: Path, session: ort.InferenceSession) -> ModelMetadata:
+    try:
+        metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    except ValueError as exc:
+        raise ModelLoadError(f"model file {path}: {exc}") from None
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if metadata.input_name not in inputs or metadata.output_name not in outputs:
+        raise ModelLoadError(
+            f"model file {path}: metadata names input {metadata.input_name!r} and output "
+            f"{metadata.output_name!r}, but the graph has inputs {sorted(inputs)} and outputs "
+            f"{sorted(outputs)}"
+        )
+    width = next(o.shape for o in session.get_outputs() if o.name == metadata.output_name)[-1]
+    if isinstance(width, int) and width != len(metadata.classes):
+        # Otherwise zip() would silently drop or invent class probabilities at request time.
+        raise ModelLoadError(
+            f"model file {path}: output {metadata.output_name!r} has {width} columns but the "
+            f"metadata names {len(metadata.classes)} classes {list(metadata.classes)}"
+        )
+    return metadata

@@ -1,0 +1,42 @@
+"""Predict image files with an exported ONNX model, from the command line (no server).
+
+python -m services.predict --model artifacts/model.int8.onnx image1.png image2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from services.errors import ModelLoadError
+from services.model import InferenceModel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=Path, required=True, help="ONNX file from export/to_onnx.py"
+    )
+    parser.add_argument(
+        "images", nargs="+", type=Path, help="image files (PNG, JPEG, TIFF, BMP, WebP)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        model = InferenceModel(args.model)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    results = model.predict_many([p.read_bytes() for p in args.images])
+    for path, result in zip(args.images, results, strict=True):
+        print(json.dumps({"file": str(path), **result}))
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

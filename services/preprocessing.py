@@ -1,0 +1,182 @@
+"""The one preprocessing implementation: image bytes → RGB PIL image → (3, S, S) float32.
+
+Training's evaluation, INT8 calibration and every serving target call these functions, so a
+model sees exactly the same pixels wherever it runs. numpy + Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from services.errors import ServiceError
+
+# Formats a histology patch plausibly arrives in. GIF is left out on purpose: a palette of 256
+# colours destroys H&E staining, so a GIF is almost always the wrong file.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MIN_SIDE = 16  # smaller than this carries no tissue structure at 224 px input
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+# Never let Pillow decode a partial file silently: a truncated upload must be a 400.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What the model expects; stored inside every ONNX file (`mhist.preprocessing`)."""
+
+    size: int = 224  # final square crop fed to the network
+    resize_size: int = 224  # shorter side after resize, before the centre crop
+    interpolation: str = "bilinear"  # Pillow filter, antialiased (= torchvision on PIL images)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    layout: str = "NCHW"
+    color: str = "RGB"
+    pixel_max: float = 255.0  # inputs are divided by this before mean/std
+    resize: str = field(default="shorter_side_then_center_crop")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        spec = cls(**known)
+        if spec.resize_size < spec.size:
+            raise ValueError(f"resize_size {spec.resize_size} is smaller than size {spec.size}")
+        if spec.interpolation not in _FILTERS or spec.layout != "NCHW" or spec.color != "RGB":
+            raise ValueError(f"unsupported preprocessing spec: {data}")
+        return spec
+
+
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode untrusted bytes into a fully loaded single-frame image, or raise ServiceError.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a
+    decompression bomb costs nothing.
+    """
+    if not data:
+        raise ServiceError(400, "empty_image", "The image is empty (0 bytes).")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ServiceError(
+            400,
+            "invalid_image",
+            f"The bytes are not a readable image; accepted formats: {', '.join(ACCEPTED_FORMATS)}.",
+        ) from None
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(None, max_pixels) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted input is a 400
+        raise ServiceError(400, "invalid_image", f"The image header is corrupt: {exc}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise _too_many_pixels((width, height), max_pixels)
+    if min(width, height) < MIN_SIDE:
+        raise ServiceError(
+            400,
+            "image_too_small",
+            f"The image is {width}x{height} pixels; both sides must be at least {MIN_SIDE}.",
+        )
+    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+        # A multi-page TIFF is a stack or a slide pyramid: which page is the patch is ambiguous.
+        raise ServiceError(
+            400,
+            "multi_page_image",
+            f"The TIFF holds {img.n_frames} pages; send one patch per image.",
+        )
+    if img.format == "PNG":
+        _verify_png_checksums(data)
+    try:
+        img.seek(0)  # animated PNG/WebP: the first frame is the patch
+        img.load()
+    except Exception as exc:  # noqa: BLE001 - truncated data, bad CRC, codec errors
+        raise ServiceError(
+            400, "invalid_image", f"The image data is truncated or corrupt: {exc}"
+        ) from None
+    return img
+
+
+def _verify_png_checksums(data: bytes) -> None:
+    """Pillow checks the CRC of the chunks before the image data only; libpng (browsers, most
+    tools) refuses a PNG whose IDAT fails its CRC, so do the same instead of predicting on
+    corrupt bytes. Cheap: a CRC pass over the compressed data, no decoding."""
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as probe:
+            probe.verify()
+    except Exception as exc:  # noqa: BLE001 - SyntaxError, OSError, struct.error on bad chunks
+        raise ServiceError(
+            400, "invalid_image", f"The PNG is corrupt (chunk checksum or length): {exc}"
+        ) from None
+
+
+def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ServiceError:
+    what = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+    return ServiceError(
+        413, "image_too_large", f"The image has {what}; the limit is {max_pixels} pixels."
+    )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, upright per EXIF, transparency composited on white.
+
+    White, because slide background is white: a transparent margin should look like glass.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grey: rescale 0..65535 to 0..255 (Pillow's own convert would clip at 255).
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Shorter side → spec.resize_size, then a centred spec.size square (torchvision's rules)."""
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), _FILTERS[spec.interpolation])
+    top = round((new_h - spec.size) / 2.0)
+    left = round((new_w - spec.size) / 2.0)
+    return img.crop((left, top, left + spec.size, top + spec.size))
+
+
+def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """RGB image → (3, S, S) float32, scaled and standardised like ToTensor + Normalize."""
+    array = np.asarray(img, dtype=np.float32) / np.float32(spec.pixel_max)  # (S, S, 3)
+    array = np.ascontiguousarray(array.transpose(2, 0, 1))  # (3, S, S)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return (array - mean) / std
+
+
+def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """An already decoded image → model input for one image, (3, S, S) float32."""
+    return normalize(resize_and_crop(to_rgb(img), spec), spec)
+
+
+def preprocess_bytes(
+    data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Untrusted image bytes → (3, S, S) float32, or ServiceError with a 4xx status."""
+    return preprocess(decode_image(data, max_pixels), spec)

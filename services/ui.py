@@ -1,0 +1,12 @@
+"""GET /: the upload page (static HTML/CSS/JS from services/static, no external origin)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+bp = Blueprint("ui", __name__)
+
+
+@bp.get("/")
+def index():
+    return current_app.send_static_file("index.html")

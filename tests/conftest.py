@@ -1,0 +1,144 @@
+"""Session fixtures built by the real pipeline: synthetic sample → training → export.
+
+Nothing here is mocked: the ONNX files every serving test uses come out of
+`training/train.py` and `export/to_onnx.py`, run as a user runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Small enough to train and export in well under a minute on 2 CPU cores.
+FIXTURE_IMAGE_SIZE = 64
+FIXTURE_COUNT = 96
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the project's CLIs with this interpreter; fail the test with its output."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-5000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SYNTHETIC dataset in the MHIST layout (annotations.csv + images/)."""
+    out = tmp_path_factory.mktemp("mhist-sample")
+    run_cli(
+        "-m",
+        "training.sample_data",
+        "--out",
+        str(out),
+        "--count",
+        str(FIXTURE_COUNT),
+        "--size",
+        "96",
+        "--seed",
+        "7",
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def exported(sample_dir: Path, tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train one epoch from scratch, register it, export FP32 + INT8 from the registry."""
+    work = tmp_path_factory.mktemp("pipeline")
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    run_cli(
+        "training/train.py",
+        "--data-dir",
+        str(sample_dir),
+        "--epochs",
+        "1",
+        "--weights",
+        "none",
+        "--image-size",
+        str(FIXTURE_IMAGE_SIZE),
+        "--batch-size",
+        "16",
+        "--out",
+        str(work / "checkpoints"),
+        "--tracking-uri",
+        tracking_uri,
+        env=env,
+    )
+    out = work / "onnx"
+    run_cli(
+        "export/to_onnx.py",
+        "--model-uri",
+        "models:/mhist-resnet18/latest",
+        "--data-dir",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        tracking_uri,
+        "--calibration-size",
+        "16",
+        "--allow-degraded",
+        env=env,
+    )
+    return {
+        "dir": out,
+        "fp32": out / "model.onnx",
+        "int8": out / "model.int8.onnx",
+        "report": out / "export_report.json",
+        "checkpoint": work / "checkpoints" / "best.pt",
+        "tracking_uri": tracking_uri,
+    }
+
+
+@pytest.fixture(scope="session")
+def model_fp32_path(exported: dict) -> Path:
+    return exported["fp32"]
+
+
+@pytest.fixture(scope="session")
+def model_int8_path(exported: dict) -> Path:
+    return exported["int8"]
+
+
+@pytest.fixture(scope="session")
+def sample_image_path(sample_dir: Path) -> Path:
+    return sorted((sample_dir / "images").glob("*.png"))[0]
+
+
+@pytest.fixture(scope="session")
+def sample_image_bytes(sample_image_path: Path) -> bytes:
+    return sample_image_path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def require_containers() -> str:
+    """The container engine's name. Skips when none works, but FAILS when CI demands containers
+    (MHIST_REQUIRE_CONTAINERS=1, set by .ci/run): a skipped image test must not look green."""
+    from awsdeploy.containers import EngineUnavailable, engine
+
+    try:
+        return engine()
+    except EngineUnavailable as exc:
+        if os.environ.get("MHIST_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(f"containers are required (MHIST_REQUIRE_CONTAINERS=1) but: {exc}")
+        pytest.skip(str(exc))

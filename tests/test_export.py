@@ -1,0 +1,194 @@
+"""Export: parity gate, INT8 size and accuracy gate, metadata round trip, MLflow registration.
+
+The `exported` fixture ran the real `export/to_onnx.py` on a model registered by the real
+training script; these tests check what it produced, then break things on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from mlflow import MlflowClient
+
+from export.convert import ExportError, export_fp32, read_metadata, write_metadata
+from export.evaluate import check_parity, load_batch
+from services.model import InferenceModel
+from services.preprocessing import PreprocessSpec
+from tests.conftest import REPO_ROOT
+from training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_records_both_gates(exported: dict) -> None:
+    report = json.loads(exported["report"].read_text())
+    assert report["parity"]["passed"] is True
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["parity"]["images"] > 0
+    comparison = report["int8"]["comparison"]
+    assert comparison["images"] > 0
+    assert 0.0 <= comparison["top1_agreement"] <= 1.0
+    assert set(report["files"]) == {"fp32", "int8"}
+    assert report["int8"]["settings"]["format"] == "QDQ"
+    assert report["int8"]["settings"]["reduce_range"] is True
+    assert report["synthetic_data"] is True
+    assert report["opset"] >= 17
+
+
+def test_int8_is_under_30_percent_of_fp32(exported: dict) -> None:
+    fp32, int8 = exported["fp32"].stat().st_size, exported["int8"].stat().st_size
+    assert int8 < 0.30 * fp32, (int8, fp32)
+
+
+def test_fp32_is_one_self_contained_checked_file(exported: dict) -> None:
+    assert not list(exported["dir"].glob("*.data"))
+    proto = onnx.load(str(exported["fp32"]), load_external_data=False)
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param, "batch axis must be dynamic"
+
+
+def test_metadata_round_trips_from_the_training_card(exported: dict) -> None:
+    _, card = load_checkpoint(exported["checkpoint"])
+    for precision, path in (("fp32", exported["fp32"]), ("int8", exported["int8"])):
+        meta = read_metadata(path)
+        assert meta.precision == precision
+        assert meta.classes == tuple(card["classes"]) == ("HP", "SSA")
+        assert meta.positive_class == "SSA"
+        assert meta.threshold == pytest.approx(card["threshold"])
+        assert meta.preprocessing == PreprocessSpec.from_dict(card["preprocessing"])
+        assert meta.name == "mhist-resnet18"
+        assert meta.version == "1"
+        assert meta.provenance["mlflow_run_id"] == card["mlflow"]["run_id"]
+        assert meta.provenance["synthetic_data"] is True
+        assert meta.metrics["test"] == card["metrics"]["test"]
+        # What serving sees is what export wrote.
+        assert InferenceModel(path).metadata == meta
+    assert read_metadata(exported["int8"]).quantization["per_channel"] is True
+
+
+def test_both_files_registered_as_onnx_model(exported: dict) -> None:
+    client = MlflowClient(tracking_uri=exported["tracking_uri"])
+    versions = client.search_model_versions("name='mhist-resnet18-onnx'")
+    by_precision = {v.tags["precision"]: v for v in versions}
+    assert set(by_precision) == {"fp32", "int8"}
+    report = json.loads(exported["report"].read_text())
+    for precision, version in by_precision.items():
+        assert version.tags["sha256"] == report["files"][precision]["sha256"]
+        assert version.tags["source_run_id"] == report["source"]["run_id"]
+
+
+def test_tampered_graph_fails_the_parity_gate(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    model, card = load_checkpoint(exported["checkpoint"])
+    spec = PreprocessSpec.from_dict(card["preprocessing"])
+    path = tmp_path / "tampered.onnx"
+    export_fp32(model, spec.size, path)
+    write_metadata(path, read_metadata(exported["fp32"]))
+    proto = onnx.load(str(path))
+    bias = next(t for t in proto.graph.initializer if tuple(t.dims) == (2,))  # fc bias
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[1] += 0.5  # shift the SSA logit: small, but far beyond 1e-4 in probability
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.save(proto, str(path))
+    images = sorted((sample_dir / "images").glob("*.png"))[:8]
+    with pytest.raises(ExportError, match="parity gate failed"):
+        check_parity(model, InferenceModel(path), load_batch(images, spec), tolerance=1e-4)
+    # The untampered export of the same model passes the same check.
+    result = check_parity(model, InferenceModel(exported["fp32"]), load_batch(images, spec), 1e-4)
+    assert result.passed and result.max_abs_diff < 1e-4
+
+
+def _export_cli(checkpoint: Path, data_dir: Path, out: Path, *extra: str):
+    return subprocess.run(
+        [
+            sys.executable,
+            "export/to_onnx.py",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--no-mlflow",
+            "--parity-images",
+            "4",
+            "--calibration-size",
+            "4",
+            "--eval-limit",
+            "12",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_accuracy_gate_trips_when_forced(exported: dict, sample_dir: Path, tmp_path: Path) -> None:
+    # A negative allowance demands INT8 beat FP32 by 100 points: impossible, so it must trip.
+    result = _export_cli(
+        exported["checkpoint"], sample_dir, tmp_path, "--max-accuracy-drop", "-100"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "INT8 accuracy gate" in result.stderr
+    assert "--allow-degraded" in result.stderr
+    assert (tmp_path / "model.onnx").is_file()
+    assert not (tmp_path / "model.int8.onnx").exists(), "a file that failed its gate is removed"
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["int8"]["gate"]["passed"] is False
+
+
+def test_bad_data_folder_is_a_clear_cli_error(exported: dict, tmp_path: Path) -> None:
+    result = _export_cli(exported["checkpoint"], tmp_path / "nowhere", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.startswith("export failed:")
+    assert "nowhere" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_registered_model_is_a_clear_cli_error(tmp_path: Path, sample_dir: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "export/to_onnx.py",
+            "--data-dir",
+            str(sample_dir),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'empty.db'}",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "no registered model 'mhist-resnet18'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_calibration_reader_feeds_the_serving_preprocessing(sample_dir: Path) -> None:
+    from export.quantize import ImageCalibrationReader, pick_calibration_images
+    from services.preprocessing import preprocess_bytes
+
+    paths = sorted((sample_dir / "images").glob("*.png"))
+    picked = pick_calibration_images(paths, 5, seed=3)
+    assert picked == pick_calibration_images(list(reversed(paths)), 5, seed=3)  # order-proof
+    spec = PreprocessSpec(size=64, resize_size=64)
+    reader = ImageCalibrationReader(picked, spec, "input")
+    first = reader.get_next()["input"]
+    assert first.shape == (1, 3, 64, 64) and first.dtype == np.float32
+    np.testing.assert_array_equal(first[0], preprocess_bytes(picked[0].read_bytes(), spec))
+    fed = 1 + sum(1 for _ in iter(reader.get_next, None))
+    assert fed == 5

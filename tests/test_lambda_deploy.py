@@ -1,0 +1,227 @@
+"""lambda/deploy.py against moto in server mode (a real HTTP endpoint on 127.0.0.1).
+
+The script runs as a user runs it (a subprocess with AWS_ENDPOINT_URL set); assertions read
+back what moto then reports through real boto3 clients. The push step is skipped with
+--image-uri: moto has no registry to push layers to. moto runs no image functions, so nothing
+here invokes the function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.support.moto import ACCOUNT_ID, REGION, MotoServer
+
+pytestmark = pytest.mark.aws
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASIC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+
+
+def image_uri(name: str) -> str:
+    return f"{ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/{name}-lambda:v1"
+
+
+def deploy_args(name: str) -> tuple[str, ...]:
+    return (
+        "deploy", "--name", name, "--image-uri", image_uri(name), "--memory", "3008",
+        "--timeout", "20", "--architecture", "arm64", "--reserved-concurrency", "3",
+        "--env", "ORT_INTRA_OP_THREADS=2", "--cors-origins", "https://app.example",
+        "--keep-images", "5",
+    )
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory):
+    # One server for the module; tests keep apart by stack name. (moto's reset would reload
+    # ~1,000 IAM managed policies each time: seconds per test.)
+    with MotoServer(log_dir=tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def name() -> str:
+    return f"mhist-{uuid.uuid4().hex[:6]}"
+
+
+def run_script(moto: MotoServer, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "lambda/deploy.py", *args], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=300, env={**os.environ, **moto.env()},
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def outputs_of(result: subprocess.CompletedProcess) -> dict:
+    """deploy prints its outputs as one JSON line before the summary."""
+    return json.loads(next(x for x in reversed(result.stdout.splitlines()) if x.startswith("{")))
+
+
+def apis_named(apis, name: str) -> list[dict]:
+    return [a for a in apis.get_apis()["Items"] if a["Name"] == f"{name}-http-api"]
+
+
+def only_api(apis, name: str) -> dict:
+    matches = apis_named(apis, name)
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+def assert_stack(moto: MotoServer, name: str, outputs: dict) -> None:
+    iam, lam, ecr, apis = (moto.client(s) for s in ("iam", "lambda", "ecr", "apigatewayv2"))
+
+    role = iam.get_role(RoleName=f"{name}-lambda-role")["Role"]
+    (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert statement["Action"] == "sts:AssumeRole"
+    attached = iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [BASIC_POLICY]  # and nothing else
+    assert iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == []
+
+    (repo,) = ecr.describe_repositories(repositoryNames=[f"{name}-lambda"])["repositories"]
+    assert repo["imageScanningConfiguration"]["scanOnPush"] is True
+    lifecycle = json.loads(ecr.get_lifecycle_policy(
+        repositoryName=f"{name}-lambda")["lifecyclePolicyText"])
+    assert lifecycle["rules"][0]["selection"]["countNumber"] == 5
+
+    function = lam.get_function(FunctionName=name)
+    config = function["Configuration"]
+    assert config["PackageType"] == "Image"
+    assert function["Code"]["ImageUri"] == image_uri(name)
+    assert (config["MemorySize"], config["Timeout"], config["Architectures"]) == \
+        (3008, 20, ["arm64"])
+    assert config["Role"] == role["Arn"]
+    assert config["State"] == "Active"
+    assert config["Environment"]["Variables"] == {
+        "ORT_INTRA_OP_THREADS": "2", "CORS_ALLOW_ORIGINS": "https://app.example",
+        "EMF_METRICS": "1"}
+    concurrency = lam.get_function_concurrency(FunctionName=name)
+    assert concurrency["ReservedConcurrentExecutions"] == 3
+
+    api = only_api(apis, name)
+    assert api["ProtocolType"] == "HTTP"
+    assert api["CorsConfiguration"]["AllowOrigins"] == ["https://app.example"]
+    (integration,) = apis.get_integrations(ApiId=api["ApiId"])["Items"]
+    assert integration["IntegrationType"] == "AWS_PROXY"
+    assert integration["IntegrationUri"] == config["FunctionArn"]
+    assert integration["PayloadFormatVersion"] == "2.0"
+    routes = {r["RouteKey"]: r["Target"] for r in apis.get_routes(ApiId=api["ApiId"])["Items"]}
+    target = f"integrations/{integration['IntegrationId']}"
+    assert routes == {"POST /predict": target, "GET /health": target}
+    (stage,) = apis.get_stages(ApiId=api["ApiId"])["Items"]
+    assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
+
+    (permission,) = json.loads(lam.get_policy(FunctionName=name)["Policy"])["Statement"]
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["Principal"] == {"Service": "apigateway.amazonaws.com"}
+    source = f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api['ApiId']}/*"
+    assert permission["Condition"]["ArnLike"]["AWS:SourceArn"] == source  # that API only
+
+    assert outputs == {
+        "function_arn": config["FunctionArn"], "image_uri": image_uri(name),
+        "role_arn": role["Arn"], "api_id": api["ApiId"],
+        "invoke_url": api["ApiEndpoint"].rstrip("/"),
+    }
+
+
+def test_deploy_creates_the_stack_and_is_idempotent(moto, name):
+    first = run_script(moto, *deploy_args(name))
+    assert "created function" in first.stdout and "created HTTP API" in first.stdout
+    assert f"Invoke URL: {outputs_of(first)['invoke_url']}" in first.stdout
+    assert "curl -sS -X POST" in first.stdout
+    assert_stack(moto, name, outputs_of(first))
+
+    second = run_script(moto, *deploy_args(name))
+    assert "created" not in second.stdout  # everything found and updated in place
+    assert outputs_of(second) == outputs_of(first)
+    assert_stack(moto, name, outputs_of(second))
+
+
+def test_redeploy_updates_configuration(moto, name):
+    run_script(moto, *deploy_args(name))
+    run_script(moto, "deploy", "--name", name, "--image-uri", image_uri(name) + "-b",
+               "--memory", "1024", "--no-emf")
+    lam = moto.client("lambda")
+    function = lam.get_function(FunctionName=name)
+    assert function["Code"]["ImageUri"] == image_uri(name) + "-b"
+    assert function["Configuration"]["MemorySize"] == 1024
+    assert function["Configuration"]["Environment"]["Variables"] == {"EMF_METRICS": "0"}
+    # Reserved concurrency is declarative: not given → removed.
+    assert "ReservedConcurrentExecutions" not in lam.get_function_concurrency(FunctionName=name)
+    assert "CorsConfiguration" not in only_api(moto.client("apigatewayv2"), name)  # CORS off again
+
+
+def test_destroy_removes_everything_and_can_rerun(moto, name):
+    run_script(moto, *deploy_args(name))
+    run_script(moto, "destroy", "--name", name)
+    assert_stack_gone(moto, name)
+    again = run_script(moto, "destroy", "--name", name)
+    assert again.stdout.count("already absent") == 4
+
+
+def test_destroy_can_keep_the_repository(moto, name):
+    run_script(moto, *deploy_args(name))
+    run_script(moto, "destroy", "--name", name, "--keep-repository")
+    ecr = moto.client("ecr")
+    assert ecr.describe_repositories(repositoryNames=[f"{name}-lambda"])["repositories"]
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        moto.client("lambda").get_function(FunctionName=name)
+
+
+def assert_stack_gone(moto: MotoServer, name: str) -> None:
+    with pytest.raises(ClientError, match="NoSuchEntity"):
+        moto.client("iam").get_role(RoleName=f"{name}-lambda-role")
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        moto.client("lambda").get_function(FunctionName=name)
+    assert apis_named(moto.client("apigatewayv2"), name) == []
+    with pytest.raises(ClientError, match="RepositoryNotFoundException"):
+        moto.client("ecr").describe_repositories(repositoryNames=[f"{name}-lambda"])
+
+
+def test_dry_run_writes_nothing(moto, name):
+    planned = run_script(moto, *deploy_args(name), "--dry-run")
+    steps = [x for x in planned.stdout.splitlines() if x.startswith("[dry-run] would")]
+    assert len(steps) == 7
+    for words in ("ECR repository", "skip build and push", "IAM role", "function",
+                  "HTTP API", "invoke", "curl"):
+        assert any(words in step for step in steps), words
+    assert "nothing was changed" in planned.stdout
+    assert_stack_gone(moto, name)
+
+    run_script(moto, *deploy_args(name))
+    destroy_plan = run_script(moto, "destroy", "--name", name, "--dry-run")
+    assert destroy_plan.stdout.count("[dry-run] would delete") == 4
+    assert_stack(moto, name, outputs_of(run_script(moto, *deploy_args(name))))  # still all there
+
+
+def test_sam_template_passes_cfn_lint_and_matches_deploy():
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    template = REPO_ROOT / "lambda" / "template.yaml"
+    result = subprocess.run([str(cfn_lint), str(template)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    from cfnlint.decode import decode
+
+    document, problems = decode(str(template))
+    assert not problems
+    resources = document["Resources"]
+    function = resources["ClassifierFunction"]["Properties"]
+    assert function["PackageType"] == "Image"
+    routes = {f"{e['Properties']['Method']} {e['Properties']['Path']}"
+              for e in function["Events"].values()}
+    assert routes == {"POST /predict", "GET /health"}
+    assert {e["Properties"]["PayloadFormatVersion"] for e in function["Events"].values()} == {"2.0"}
+    role = resources["ExecutionRole"]["Properties"]
+    assert len(role["ManagedPolicyArns"]) == 1
+    assert "AWSLambdaBasicExecutionRole" in json.dumps(role["ManagedPolicyArns"])
+    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "lambda.amazonaws.com"}

@@ -1,0 +1,136 @@
+"""The upload page in headless Chromium (Debian's `chromium`, driven by Playwright).
+
+The app runs in a real HTTP server on 127.0.0.1; the browser may reach nothing else (every
+other request is blocked and recorded), which also proves the page needs no CDN.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from services.app import create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def base_url(model_int8_path: Path) -> Iterator[str]:
+    app = create_app({"MODEL_PATH": str(model_int8_path), "ORT_INTRA_OP_THREADS": 1})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium; make test-deps)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture()
+def page(browser, base_url):
+    context = browser.new_context()
+    blocked: list[str] = []
+    problems: list[str] = []
+
+    def route(route):
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    tab = context.new_page()
+    tab.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: problems.append(str(exc)))
+    tab.goto(base_url + "/")
+    yield tab
+    context.close()
+    assert blocked == [], f"the page tried to reach other origins: {blocked}"
+    assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []
+
+
+def api_predict(base_url: str, data: bytes) -> dict:
+    request = urllib.request.Request(base_url + "/predict", data=data,
+                                     headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def shown_result(page) -> dict:
+    page.wait_for_selector("body[data-state=done]", timeout=30_000)
+    bars = page.eval_on_selector_all(
+        ".bar", "rows => rows.map(r => [r.dataset.class, Number(r.dataset.probability)])")
+    return {
+        "label": page.inner_text("#label"),
+        "probabilities": dict(bars),
+        "threshold": float(page.inner_text("#threshold")),
+        "winner": page.get_attribute(".bar.winner", "data-class"),
+        "preview_width": page.eval_on_selector("#preview", "img => img.naturalWidth"),
+    }
+
+
+def assert_matches_api(shown: dict, expected: dict) -> None:
+    assert shown["label"] == expected["label"] == shown["winner"]
+    assert shown["threshold"] == expected["threshold"]
+    assert shown["probabilities"].keys() == expected["probabilities"].keys()
+    for name, p in expected["probabilities"].items():
+        assert shown["probabilities"][name] == pytest.approx(p, abs=1e-9)
+    assert shown["preview_width"] > 0  # the preview really decoded the chosen file
+
+
+def test_choose_a_file_shows_the_api_answer(page, base_url, sample_image_bytes):
+    expected = api_predict(base_url, sample_image_bytes)
+    page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+    page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
+                                          "buffer": sample_image_bytes}])
+    assert_matches_api(shown_result(page), expected)
+    assert page.is_hidden("#error")
+
+
+def test_drop_an_image_shows_the_api_answer(page, base_url, sample_image_bytes):
+    expected = api_predict(base_url, sample_image_bytes)
+    data_transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            return transfer;
+        }""",
+        base64.b64encode(sample_image_bytes).decode("ascii"),
+    )
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": data_transfer})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": data_transfer})
+    assert_matches_api(shown_result(page), expected)
+
+
+def test_a_bad_file_shows_the_error(page):
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png",
+                                          "buffer": b"this is not an image"}])
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    assert page.inner_text("#error").startswith("400 invalid_image")

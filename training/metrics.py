@@ -1,0 +1,190 @@
+"""Binary metrics with SSA as the positive class, threshold selection, and their plots.
+
+Convention everywhere: y_true is 1 for SSA and 0 for HP; `prob` is P(SSA); an image is called
+SSA when prob >= threshold (the same `>=` as scikit-learn's roc_curve and the serving code).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from training import CLASSES, POSITIVE_CLASS
+
+THRESHOLD_RULES = ("youden", "sensitivity")
+
+
+def _as_arrays(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} values but prob has {p.size}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold 0 (HP) and 1 (SSA) only")
+    return y, p
+
+
+def roc_auc(y_true, prob) -> float | None:
+    """ROC AUC, or None when only one class is present (AUC is undefined, not 0.5)."""
+    y, p = _as_arrays(y_true, prob)
+    if np.unique(y).size < 2:
+        return None
+    return float(skm.roc_auc_score(y, p))
+
+
+def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict:
+    """All the project's metrics at one threshold; plain floats/ints/lists (JSON-ready).
+
+    confusion_matrix is [[TN, FP], [FN, TP]] with rows = truth, columns = prediction, in
+    CLASSES order (HP, SSA).
+    """
+    y, p = _as_arrays(y_true, prob)
+    pred = (p >= threshold).astype(np.int64)
+    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    return {
+        "accuracy": float(skm.accuracy_score(y, pred)) if y.size else 0.0,
+        "sensitivity": float(skm.recall_score(y, pred, pos_label=1, zero_division=0)),
+        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "precision": float(skm.precision_score(y, pred, pos_label=1, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, pos_label=1, zero_division=0)),
+        "balanced_accuracy": _balanced_accuracy(tp, fn, tn, fp),
+        "roc_auc": roc_auc(y, p),
+        "threshold": float(threshold),
+        "n": int(y.size),
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+def _balanced_accuracy(tp: int, fn: int, tn: int, fp: int) -> float:
+    # Mean recall over the classes PRESENT (scikit-learn's definition, without its warning when
+    # one class is absent from a tiny validation split).
+    recalls = [tp / (tp + fn)] if tp + fn else []
+    recalls += [tn / (tn + fp)] if tn + fp else []
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The finite scalar entries, for mlflow.log_metrics (it rejects None and lists)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[prefix + key] = float(value)
+    return out
+
+
+def youden_threshold(y_true, prob) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 on these scores.
+
+    Equivalent to maximising balanced accuracy. Ties go to the highest threshold (fewest
+    false alarms for the same J). The returned value sits midway between that score and the
+    next lower one: every value in that gap gives the same J on validation, and the middle
+    leaves the most margin for new images and for INT8's small probability shifts (a
+    threshold exactly on a validation score flips that image at the slightest noise).
+    """
+    y, p = _as_arrays(y_true, prob)
+    _require_both_classes(y)
+    fpr, tpr, thresholds = skm.roc_curve(y, p, pos_label=1)
+    best = int(np.argmax(tpr - fpr))  # argmax returns the first, i.e. highest, threshold
+    upper = _finite(thresholds[best])
+    below = p[p < upper]
+    return float((upper + below.max()) / 2.0) if below.size else upper
+
+
+def sensitivity_threshold(y_true, prob, target: float) -> float:
+    """The highest threshold whose sensitivity (recall of SSA) on these scores is >= target.
+
+    Highest, because among the thresholds that catch enough SSA it raises the fewest false
+    alarms. roc_curve's drop_intermediate is off so no candidate threshold is skipped.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    y, p = _as_arrays(y_true, prob)
+    _require_both_classes(y)
+    _, tpr, thresholds = skm.roc_curve(y, p, pos_label=1, drop_intermediate=False)
+    reaching = np.flatnonzero(tpr >= target - 1e-12)  # tolerance: 0.9 from 9/10 must count
+    return _finite(thresholds[reaching[0]])
+
+
+def select_threshold(
+    y_true, prob, rule: str = "youden", target_sensitivity: float = 0.9
+) -> tuple[float, str]:
+    """(threshold, rule description for the model card): 'youden' or 'sensitivity>=0.90'."""
+    if rule == "youden":
+        return youden_threshold(y_true, prob), "youden"
+    if rule == "sensitivity":
+        return (
+            sensitivity_threshold(y_true, prob, target_sensitivity),
+            f"sensitivity>={target_sensitivity:.2f}",
+        )
+    raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+
+
+def _require_both_classes(y: np.ndarray) -> None:
+    if np.unique(y).size < 2:
+        raise ValueError(
+            "choosing a threshold needs both HP and SSA among the validation images; "
+            "use more data or a larger --val-fraction"
+        )
+
+
+def _finite(threshold: float) -> float:
+    # roc_curve's first threshold is +inf ("call nothing positive"); a usable threshold is a
+    # probability, so clamp to [0, 1].
+    return float(min(max(threshold, 0.0), 1.0))
+
+
+def plot_confusion_matrix(cm, path: str | Path, title: str) -> Path:
+    """PNG of a 2×2 confusion matrix with counts and row percentages."""
+    from matplotlib.figure import Figure  # Figure + Agg canvas: no pyplot, no GUI backend
+
+    cm = np.asarray(cm, dtype=np.int64)
+    fig = Figure(figsize=(4.2, 3.8), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues", vmin=0)
+    rows = cm.sum(axis=1, keepdims=True).clip(min=1)
+    for i in range(2):
+        for j in range(2):
+            dark = cm[i, j] > cm.max() / 2
+            ax.text(j, i, f"{cm[i, j]}\n{100 * cm[i, j] / rows[i, 0]:.0f}%", ha="center",
+                    va="center", color="white" if dark else "black")
+    ax.set_xticks([0, 1], labels=list(CLASSES))
+    ax.set_yticks([0, 1], labels=list(CLASSES))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def plot_roc(y_true, prob, path: str | Path, title: str, threshold: float | None = None) -> Path:
+    """PNG of the ROC curve (SSA positive), with the operating point of `threshold` marked."""
+    from matplotlib.figure import Figure
+
+    y, p = _as_arrays(y_true, prob)
+    fig = Figure(figsize=(4.2, 4.0), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    auc = roc_auc(y, p)
+    if auc is not None:
+        fpr, tpr, _ = skm.roc_curve(y, p, pos_label=1)
+        ax.plot(fpr, tpr, label=f"AUC {auc:.3f}")
+        if threshold is not None:
+            m = binary_metrics(y, p, threshold)
+            ax.plot(1 - m["specificity"], m["sensitivity"], "o", color="crimson",
+                    label=f"threshold {threshold:.3f}")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "AUC undefined: one class only", ha="center")
+    ax.set_xlabel("1 - specificity (HP called SSA)")
+    ax.set_ylabel(f"sensitivity ({POSITIVE_CLASS} found)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
