@@ -59,13 +59,15 @@ def client(service: str, aws_session: boto3.Session | None = None, region: str |
 
     boto3 ≥ 1.28 reads AWS_ENDPOINT_URL itself; passing it explicitly keeps older boto3 and
     the sagemaker SDK (which builds its own clients from the session) on the same endpoint.
-    Adaptive retries absorb the throttling that create-or-update loops provoke.
+    Adaptive retries absorb the throttling that create-or-update loops provoke;
+    AWS_MAX_ATTEMPTS lowers them (tests against moto, where a 500 is final).
     """
     aws_session = aws_session or session(region)
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)
     return aws_session.client(
         service,
         endpoint_url=endpoint_url(),
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}),
+        config=Config(retries={"max_attempts": attempts, "mode": "adaptive"}),
     )
 
 

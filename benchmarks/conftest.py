@@ -11,6 +11,7 @@ valid predictions. At the end of the session benchmarks.report writes summary.md
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -167,6 +168,9 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
     marker = work / "pipeline.json"
     cached = marker.is_file() and json.loads(marker.read_text())["key"] == _pipeline_key(
         bench_config)
+    if not cached and importlib.util.find_spec("torch") is None:
+        pytest.skip("training the benchmark model needs torch (pip install -e '.[training]'); "
+                    "or point MHIST_BENCH_CACHE at a folder a torch machine filled")
     if not cached:
         if work.exists() and bench_config.cache_dir:
             shutil.rmtree(work)

@@ -146,23 +146,28 @@ def _http_section(data: dict) -> str:
     if not http:
         return "## 2. End to end over HTTP\n\nNo data."
     base = (http.get("reference/session.run") or {}).get("p50_ms")
+    flask = (http.get("flask") or {}).get("p50_ms")
     rows = []
     for key, label in (("reference/session.run", "session.run alone (INT8, in-process)"),
                        ("reference/predict_bytes", "predict_bytes: decode + preprocess + run")):
         rec = http.get(key)
         if rec:
             rows.append([label, _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
-                         _ratio(rec["p50_ms"], base), rec["n"], 0])
+                         _ratio(rec["p50_ms"], base), "–", rec["n"], 0])
     for key, label in HTTP_TARGETS.items():
         rec = http.get(key)
         if rec and rec.get("n"):
             rows.append([label, _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
-                         _ratio(rec["p50_ms"], base), rec["n"], rec.get("errors", 0)])
+                         _ratio(rec["p50_ms"], base), _ratio(rec["p50_ms"], flask), rec["n"],
+                         rec.get("errors", 0)])
     return "\n".join([
         "## 2. End to end, one 224² PNG (one worker, all CPUs as intra-op threads, "
         "sequential requests)", "",
-        _table(["target", "p50 ms", "p95 ms", "p99 ms", "vs session.run (p50)", "n", "errors"],
-               rows),
+        _table(["target", "p50 ms", "p95 ms", "p99 ms", "overhead vs session.run (p50)",
+                "vs Flask container (p50)", "n", "errors"], rows),
+        "\nThe ONNX targets serve the INT8 file; the PyTorch baseline serves the FP32 "
+        "TorchScript of the same weights (torch CPU build), with the same decoding and "
+        "preprocessing code.",
     ])
 
 
@@ -184,8 +189,14 @@ def _throughput_section(data: dict) -> str:
             rows.append([label, level, _num(r["throughput_images_per_s"]),
                          _num(r.get("p50_ms")), _num(r.get("p99_ms")), r["errors"],
                          r["requests"]])
+    labels = list(tp)
+    levels = sorted({int(c) for rec in tp.values() for c in rec["levels"]})
+    pivot = [[c] + [_num((tp[label]["levels"].get(str(c)) or {}).get("throughput_images_per_s"))
+                    for label in labels] for c in levels]
     text = ["## 3. Throughput — Flask container, closed loop on 127.0.0.1", "",
-            "Layout = gunicorn workers × ORT intra-op threads (× gthreads when shown).", "",
+            "Layout = gunicorn workers × ORT intra-op threads (× gthreads when shown). "
+            "images/s by concurrency:", "",
+            _table(["concurrency", *labels], pivot), "", "Details:", "",
             _table(["layout", "concurrency", "images/s", "p50 ms", "p99 ms", "errors",
                     "requests"], rows), ""]
     text.append(throughput_verdict(tp, _default_label(data["machine"])))
@@ -193,29 +204,31 @@ def _throughput_section(data: dict) -> str:
 
 
 def throughput_verdict(tp: dict, default: str) -> str:
-    """Which layout wins at the highest concurrency measured, against the default's."""
-    levels = sorted({int(c) for rec in tp.values() for c in rec["levels"]})
-    if not levels:
+    """Peak images/s of each layout (over the concurrency levels), the winner, and how the
+    default layout of services/gunicorn.conf.py compares; plus the lowest single-request p50."""
+    peaks = {}
+    for label, rec in tp.items():
+        level, best = max(rec["levels"].items(),
+                          key=lambda item: item[1]["throughput_images_per_s"])
+        peaks[label] = (best["throughput_images_per_s"], level)
+    if not peaks:
         return ""
-    top = str(levels[-1])
-    best = {label: rec["levels"][top]["throughput_images_per_s"] for label, rec in tp.items()
-            if top in rec["levels"]}
-    winner = max(best, key=best.get)
-    low = str(levels[0])
-    at_one = {label: rec["levels"][low].get("p50_ms") for label, rec in tp.items()
-              if low in rec["levels"]}
-    fastest_single = min((k for k in at_one if at_one[k]), key=at_one.get, default=None)
-    parts = [f"**Verdict**: at concurrency {top}, **{winner}** serves the most "
-             f"({best[winner]:.1f} images/s)"]
-    if default in best and default != winner:
-        parts.append(f"; the default {default} reaches {best[default]:.1f} "
-                     f"({_ratio(best[default], best[winner])} of it)")
-    elif default == winner:
-        parts.append(" — that is services/gunicorn.conf.py's default on this machine")
-    if fastest_single:
-        parts.append(f". At concurrency {low} the lowest p50 is {fastest_single} "
-                     f"({at_one[fastest_single]:.1f} ms)")
-    return "".join(parts) + "."
+    winner = max(peaks, key=lambda label: peaks[label][0])
+    listed = ", ".join(f"{label} {value:.1f} (c={level})" for label, (value, level)
+                       in peaks.items())
+    text = f"**Verdict**: peak images/s — {listed}. Most throughput: **{winner}**"
+    if default == winner:
+        text += ", which is services/gunicorn.conf.py's default layout on this machine"
+    elif default in peaks:
+        text += (f"; the default layout {default} reaches "
+                 f"{_ratio(peaks[default][0], peaks[winner][0])} of it")
+    low = str(min(int(c) for rec in tp.values() for c in rec["levels"]))
+    at_low = {label: rec["levels"][low].get("p50_ms") for label, rec in tp.items()
+              if rec["levels"].get(low, {}).get("p50_ms")}
+    if at_low:
+        fastest = min(at_low, key=at_low.get)
+        text += f". Lowest p50 at concurrency {low}: {fastest} ({at_low[fastest]:.1f} ms)"
+    return text + "."
 
 
 def _coldstart_section(data: dict) -> str:
@@ -311,7 +324,8 @@ def _precision_section(data: dict) -> str:
         f = rec[name]
         rows.append([name.upper(), _num(f["size_bytes"] / 1e6, 1), _num(f["load_ms_median"], 0)]
                     + [_num(cmp_[name].get(m), 3) for m in metrics])
-    rows.append(["INT8 − FP32", _ratio(rec["int8"]["size_bytes"], rec["fp32"]["size_bytes"]),
+    rows.append(["INT8 vs FP32 (ratio; metric Δ)",
+                 _ratio(rec["int8"]["size_bytes"], rec["fp32"]["size_bytes"]),
                  _ratio(rec["int8"]["load_ms_median"], rec["fp32"]["load_ms_median"])]
                 + [_num((cmp_["int8"].get(m) or 0) - (cmp_["fp32"].get(m) or 0), 3)
                    for m in metrics])
@@ -332,12 +346,12 @@ def render(data: dict) -> str:
     ]) + "\n"
 
 
-def tables_only(data: dict) -> str:
-    """The summary without the run-specific preamble (for benchmarks/LATEST.md)."""
-    return render(data)
-
-
 # --- plots -----------------------------------------------------------------------------------
+
+def _colour(label: str) -> str:
+    """PyTorch bars orange, ONNX bars blue: the comparison the plots are about."""
+    return "tab:orange" if "torch" in label.lower() else "tab:blue"
+
 
 def _plots(data: dict, folder: Path) -> list[Path]:
     import matplotlib
@@ -405,7 +419,9 @@ def _plots(data: dict, folder: Path) -> list[Path]:
         for ax, pairs, title in ((left, proc, "process start → first prediction"),
                                  (right, box, "container start → first 200")):
             if pairs:
-                ax.barh([p[0] for p in pairs], [p[1] for p in pairs])
+                bars = ax.barh([p[0] for p in pairs], [p[1] for p in pairs],
+                               color=[_colour(p[0]) for p in pairs])
+                ax.bar_label(bars, fmt="%.2f s", padding=2)
             ax.set(xlabel="seconds", title=title)
         save(fig, "coldstart.png")
     size = data["size"]
@@ -413,9 +429,12 @@ def _plots(data: dict, folder: Path) -> list[Path]:
     if names:
         fig, ax = plt.subplots(figsize=(8, 4))
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [size[n]["image_mb"] for n in names], 0.4, label="image")
-        ax.bar([x + 0.2 for x in xs], [size[n]["venv_mb"] for n in names], 0.4,
-               label="/opt/venv")
+        image_bars = ax.bar([x - 0.2 for x in xs], [size[n]["image_mb"] for n in names], 0.4,
+                            label="image")
+        venv_bars = ax.bar([x + 0.2 for x in xs], [size[n]["venv_mb"] for n in names], 0.4,
+                           label="/opt/venv")
+        ax.bar_label(image_bars, fmt="%.0f")
+        ax.bar_label(venv_bars, fmt="%.0f")
         ax.set_xticks(list(xs), names)
         ax.set(ylabel="MB", title="image and Python env size")
         ax.legend()
@@ -423,13 +442,19 @@ def _plots(data: dict, folder: Path) -> list[Path]:
     return written
 
 
-def generate(folder: str | Path) -> Path:
-    """Write summary.md and plots/ for `folder`; returns the summary's path."""
+def generate(folder: str | Path, latest: Path | None = None) -> Path:
+    """Write summary.md and plots/ for `folder`; returns the summary's path. With `latest`,
+    also write the summary there without plot links (benchmarks/LATEST.md is committed, the
+    plots are not)."""
     folder = Path(folder)
     data = read_results(folder)
     summary = folder / "summary.md"
     plots = _plots(data, folder / "plots")
     text = render(data)
+    if latest is not None:
+        latest.write_text(
+            "<!-- generated by `python -m benchmarks.report benchmarks/results/"
+            f"{folder.name} --latest {latest.name}`; do not edit by hand -->\n\n" + text)
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
     summary.write_text(text)
@@ -440,9 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate summary.md and plots from a "
                                                  "benchmarks/results/<timestamp> folder.")
     parser.add_argument("folder", type=Path, help="benchmarks/results/<timestamp>")
+    parser.add_argument("--latest", type=Path, default=None,
+                        help="also write the summary (without plots) here, e.g. "
+                             "benchmarks/LATEST.md")
     args = parser.parse_args(argv)
     try:
-        path = generate(args.folder)
+        path = generate(args.folder, args.latest)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -131,7 +131,9 @@ def test_mlflow_serve_peer(peer_ready, bench_model, bench_config, png_224, resul
         "mlflow models serve (PyTorch)",
         [str(VENV_BIN / "mlflow"), "models", "serve", "-m", bench_model.model_uri,
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        {"MLFLOW_TRACKING_URI": bench_model.tracking_uri, "OMP_NUM_THREADS": threads},
+        # PATH: the server execs `uvicorn` by name, which lives beside this interpreter.
+        {"MLFLOW_TRACKING_URI": bench_model.tracking_uri, "OMP_NUM_THREADS": threads,
+         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
         port, "/invocations", body, "application/json",
         lambda r: _peer_problem(r, bench_model.classes), bench_config)
     results.put("peer", "mlflow", {**record, "model_uri": bench_model.model_uri})

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from services import payload
 from services.errors import ServiceError
-from services.model import InferenceModel
+from services.model import InferenceModel, batch_response
 
 __all__ = ["create_app"]
 
@@ -78,7 +78,8 @@ def _register_routes(app: Flask, model: InferenceModel, settings: Settings) -> N
         _check_accept(request.headers.get("Accept"))
         if _is_batch(request):
             max_batch = settings.max_batch or payload.DEFAULT_MAX_BATCH
-            return _json(_predict_batch(model, payload.batch_images(request, max_batch)))
+            items = payload.batch_images(request, max_batch)
+            return _json(batch_response(model.predict_many(items)))
         return _json(model.predict_bytes(payload.single_image(request)))
 
 
@@ -129,20 +130,6 @@ def _is_batch(req) -> bool:
     except (ValueError, RecursionError):
         return False  # services.payload reports the malformed JSON as a 400
     return isinstance(document, dict) and any(field in document for field in BATCH_FIELDS)
-
-
-def _predict_batch(model: InferenceModel, items: list[bytes | ServiceError]) -> dict:
-    """The Flask service's /predict/batch body: {"predictions", "count", "errors"}, in request
-    order; an item that failed carries its own error and status."""
-    images = [item for item in items if isinstance(item, bytes)]
-    predicted = iter(model.predict_many(images) if images else [])
-    results = [
-        next(predicted) if isinstance(item, bytes)
-        else {**item.to_dict(), "status": item.status_code}
-        for item in items
-    ]
-    failed = sum(1 for result in results if "error" in result)
-    return {"predictions": results, "count": len(results), "errors": failed}
 
 
 def _json(document: dict, status: int = 200) -> Response:

@@ -9,6 +9,7 @@ from flask import request as flask_request
 
 from services.app import app_metrics, model_state
 from services.errors import ServiceError
+from services.model import batch_response
 from services.payload import batch_images, single_image
 
 bp = Blueprint("api", __name__)
@@ -34,20 +35,11 @@ def predict():
 def predict_batch():
     model = model_state(current_app).require()
     items = batch_images(flask_request, int(current_app.config["MAX_BATCH"]))
-    valid = [item for item in items if isinstance(item, bytes)]
     metrics = app_metrics(current_app)
-    predicted = iter([])
-    if valid:
-        started = time.perf_counter()
-        predicted = iter(model.predict_many(valid))
+    started = time.perf_counter()
+    body = batch_response(model.predict_many(items))
+    if body["errors"] < body["count"]:  # no inference ran when every item was rejected
         metrics.inference.labels("predict_batch").observe(time.perf_counter() - started)
-    # Put payload-level item errors (bad base64, wrong type) back in their original slots.
-    results = [
-        next(predicted) if isinstance(item, bytes)
-        else {**item.to_dict(), "status": item.status_code}
-        for item in items
-    ]
-    failed = sum(1 for r in results if "error" in r)
-    metrics.images.labels("predicted").inc(len(results) - failed)
-    metrics.images.labels("rejected").inc(failed)
-    return jsonify({"predictions": results, "count": len(results), "errors": failed})
+    metrics.images.labels("predicted").inc(body["count"] - body["errors"])
+    metrics.images.labels("rejected").inc(body["errors"])
+    return jsonify(body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import onnxruntime as ort
 from services.errors import ModelLoadError, ServiceError
 from services.metadata import ModelMetadata
 from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess_bytes
+
+# Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
+# try to persist a device id there and warn in every worker. Nothing is sent from here anyway.
+ort.disable_telemetry_events()
 
 
 def default_threads(workers: int = 1) -> int:
@@ -66,6 +71,12 @@ class Prediction:
         }
 
 
+def batch_response(results: list[dict]) -> dict:
+    """The batch answer every target returns: {"predictions", "count", "errors"}."""
+    failed = sum(1 for result in results if "error" in result)
+    return {"predictions": results, "count": len(results), "errors": failed}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64, stable for large logits; (N, C) → (N, C)."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
@@ -97,13 +108,19 @@ class InferenceModel:
         batch = preprocess_bytes(data, self.metadata.preprocessing, self.max_pixels)[None]
         return self.predict_array(batch)[0].to_dict(self.metadata)
 
-    def predict_many(self, images: list[bytes]) -> list[dict]:
-        """Several images in one session.run; a bad image becomes its own error item."""
+    def predict_many(self, items: Sequence[bytes | ServiceError]) -> list[dict]:
+        """Several images in one session.run, results in request order.
+
+        An item may already be a ServiceError (the payload parser could not get bytes out of
+        it, e.g. bad base64): it keeps its slot, as does an image that fails to decode.
+        """
         arrays: list[np.ndarray] = []
         results: list[dict | None] = []
-        for data in images:
+        for item in items:
             try:
-                arrays.append(preprocess_bytes(data, self.metadata.preprocessing, self.max_pixels))
+                if isinstance(item, ServiceError):
+                    raise item
+                arrays.append(preprocess_bytes(item, self.metadata.preprocessing, self.max_pixels))
                 results.append(None)
             except ServiceError as exc:
                 results.append({**exc.to_dict(), "status": exc.status_code})

@@ -69,11 +69,12 @@ def sagemaker_model_dir(model_int8_path: Path, tmp_path_factory: pytest.TempPath
     return folder
 
 
-def slow_batch(corpus: dict[str, bytes], limit_bytes: int = 4_000_000) -> list[bytes]:
-    """Up to 4 2048² JPEGs within `limit_bytes`: ~1 s of work for one worker here, well inside
-    the grace periods even on a busy machine."""
+def slow_batch(corpus: dict[str, bytes], limit_bytes: int = 4_000_000,
+               count: int = 4) -> list[bytes]:
+    """Up to `count` 2048² JPEGs within `limit_bytes`: 4 are ~0.5-1 s of work for one worker
+    here, well inside the grace periods even on a busy machine."""
     jpeg = corpus["jpeg-rgb-2048"]
-    return [jpeg] * max(2, min(4, limit_bytes // len(jpeg)))
+    return [jpeg] * max(2, min(count, limit_bytes // len(jpeg)))
 
 
 # --- load ----------------------------------------------------------------------------------------
@@ -137,9 +138,11 @@ def _sagemaker_box(image: str, engine: str, port: int, model_dir: Path) -> Conta
                            volumes=[f"{model_dir}:/opt/ml/model:ro"], command=["serve"])
 
 
-def _flask_batch_request(corpus: dict[str, bytes]) -> tuple[str, dict[str, str], bytes]:
+def _flask_batch_request(corpus: dict[str, bytes],
+                         count: int = 4) -> tuple[str, dict[str, str], bytes]:
+    images = slow_batch(corpus, limit_bytes=8_000_000, count=count)
     body, content_type = multipart([("images", f"{i}.jpg", data, "image/jpeg")
-                                    for i, data in enumerate(slow_batch(corpus))])
+                                    for i, data in enumerate(images)])
     return "/predict/batch", {"Content-Type": content_type}, body
 
 
@@ -264,7 +267,7 @@ def _post_timed(url: str, headers: dict[str, str], body: bytes) -> Callable[[], 
 
 def test_killed_worker_is_replaced_and_service_keeps_answering(
         flask_image: str, require_containers: str, corpus: dict[str, bytes]) -> None:
-    path, headers, body = _flask_batch_request(corpus)
+    path, headers, body = _flask_batch_request(corpus, count=16)  # several seconds of work
     good = corpus["png-rgb-224"]
     with run_container(flask_image, port=8080, engine=require_containers,
                        env={"WEB_CONCURRENCY": "2", "ORT_INTRA_OP_THREADS": "1"}) as box:
@@ -284,6 +287,7 @@ def test_killed_worker_is_replaced_and_service_keeps_answering(
         thread.start()
         time.sleep(0.5)  # the batch is being processed by one of the workers
         victim = _busiest(box, before)
+        assert thread.is_alive(), "the slow request ended before the kill"
         kill_in_container(box, victim, signal.SIGKILL)
         thread.join(timeout=60)
         after = _wait_for_workers(box, 2, exclude=victim, timeout=30)
@@ -295,6 +299,7 @@ def test_killed_worker_is_replaced_and_service_keeps_answering(
     print(f"\n[kill -9] workers before {sorted(before)}, killed {victim}, after {sorted(after)}; "
           f"the killed request got {outcome.get('status')}")
     assert victim not in after and len(after) == 2, (before, after)
+    assert outcome.get("status") != 200, "the killed worker was not the one mid-request"
     assert answers == [200] * 20 and ready == 200, logs[-3000:]
     assert str(victim) in logs  # gunicorn says which worker died
 

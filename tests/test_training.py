@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ IMAGE_SIZE = 64
 EPOCHS = 2
 MODEL_NAME = "mhist-resnet18-test"
 LEARNING_AUC = 0.8  # "clearly above 0.5"; measured: 1.0 on val and test
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_RUN_ID")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,26 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train-sample")
     generate(out, count=300, size=128, seed=0)
     return out
+
+
+@contextlib.contextmanager
+def mlflow_state_restored():
+    """mlflow.set_tracking_uri / set_experiment also write MLFLOW_* into os.environ, which every
+    later subprocess of this pytest session would inherit: put both back afterwards."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    saved = {key: os.environ.get(key) for key in MLFLOW_ENV}
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        fluent._active_experiment_id = None
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +88,18 @@ def trained(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--registered-model", MODEL_NAME, "--out", str(work / "ckpt"), "--run-name", "pytest",
     ])
     stdout = io.StringIO()
+    env_before = {key: os.environ.get(key) for key in MLFLOW_ENV}
     start = time.perf_counter()
     # chdir: MLflow's sqlite store keeps artifacts in ./mlruns of the working directory.
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+    with (pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout),
+          mlflow_state_restored()):
         mp.chdir(work)
         summary = main(args)
     seconds = time.perf_counter() - start
     print(f"\ntraining run: {seconds:.1f} s, val AUC {summary['card']['metrics']['val']['roc_auc']}"
           f", test AUC {summary['card']['metrics']['test']['roc_auc']}")
     return {**summary, "stdout": stdout.getvalue(), "work": work, "seconds": seconds,
+            "env_before": env_before,
             "client": MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")}
 
 
@@ -183,13 +209,21 @@ def test_checkpoint_is_the_evaluated_model(trained: dict, sample: Path) -> None:
 @pytest.mark.slow
 def test_registry_model_loads_as_the_same_weights(trained: dict) -> None:
     from_ckpt, _ = load_checkpoint(trained["checkpoint"])
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, mlflow_state_restored():
         mp.chdir(trained["work"])  # artifacts resolve relative to the run's ./mlruns
         model, card = load_from_mlflow(f"models:/{MODEL_NAME}/{trained['version']}",
                                        trained["client"].tracking_uri)
     assert card == trained["card"]
     for key, value in from_ckpt.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_mlflow_settings_do_not_leak_into_the_session(trained: dict) -> None:
+    import mlflow
+
+    assert {key: os.environ.get(key) for key in MLFLOW_ENV} == trained["env_before"]
+    assert "train-run" not in mlflow.get_tracking_uri()
 
 
 @pytest.mark.slow
@@ -263,13 +297,14 @@ def test_cli_imagenet_offline_fails_cleanly_before_any_run(sample: Path, tmp_pat
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_module_entry_point_reports_a_bad_data_dir(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "--data-dir", str(tmp_path / "missing")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 2
-    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+def test_module_entry_point_reports_a_bad_data_dir(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`python -m training` (run here in-process through training/__main__.py)."""
+    monkeypatch.setattr(sys, "argv", ["training", "--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("training", run_name="__main__", alter_sys=False)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data folder") and "does not exist" in err
 
 
 def test_weights_from_a_local_file(tmp_path: Path) -> None:

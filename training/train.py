@@ -29,6 +29,7 @@ import random
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -375,8 +376,13 @@ def log_dataset(data: Data, cfg: TrainConfig):
                  "Number of Annotators who Selected SSA (Out of 7)", "Partition"],
     )
     name = "mhist-synthetic" if data.synthetic else "mhist"
-    dataset = mlflow.data.from_pandas(frame, source=str(Path(cfg.data_dir).resolve()),
-                                      targets="Majority Vote Label", name=name)
+    with warnings.catch_warnings():
+        # Harmless noise: MLflow registers its local-path source class twice and then warns
+        # the path is ambiguous; and it hints that the integer vote column cannot hold NaN.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(cfg.data_dir).resolve()),
+                                          targets="Majority Vote Label", name=name)
     mlflow.log_input(dataset, context="training")
     return dataset
 

@@ -91,6 +91,8 @@ class MotoServer:
         self._process = subprocess.Popen(
             [*moto_server_command(), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=self._server_env,
+            # moto's request recorder writes `moto_recording` into its working folder.
+            cwd=self.log_path.parent,
         )
         log.close()
         self._wait_ready()
