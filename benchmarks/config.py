@@ -133,6 +133,6 @@ def load_config(mode: str | None = None, skip: str | None = None) -> BenchConfig
         return BenchConfig(**common, train_images=160, warmup=2, model_rounds=15,
                            preprocess_rounds=30, http_requests=15, throughput_requests=16,
                            cold_repeats=1, peer_requests=5, load_repeats=2)
-    return BenchConfig(**common, train_images=400, warmup=10, model_rounds=200,
-                       preprocess_rounds=300, http_requests=200, throughput_requests=160,
-                       cold_repeats=5, peer_requests=50, load_repeats=10)
+    return BenchConfig(**common, train_images=240, warmup=5, model_rounds=100,
+                       preprocess_rounds=200, http_requests=100, throughput_requests=96,
+                       cold_repeats=3, peer_requests=30, load_repeats=5)

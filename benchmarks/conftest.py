@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from benchmarks.store import ResultStore, write_json
 
 # The lead's fixture, imported so container benchmarks share its semantics: skip without an
 # engine, FAIL without one when MHIST_REQUIRE_CONTAINERS=1 (CI).
-from tests.conftest import REPO_ROOT, require_containers, run_cli  # noqa: F401
+from tests.conftest import REPO_ROOT, require_containers  # noqa: F401
 
 INT8_NOTE = (
     "INT8 vs FP32: this CPU has AVX2 but no VNNI, so onnxruntime's u8×s8 kernels cannot use "
@@ -144,18 +146,33 @@ def _pipeline_key(config: BenchConfig) -> dict:
             "size": config.image_size, "version": 1}
 
 
+def _run(work: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """One of the project's CLIs, run IN `work`: MLflow puts a sqlite store's artifacts in
+    ./mlruns of the working directory, and a shared ./mlruns (the repository's) can be
+    cleaned or reused by another session while the MLflow peer still needs this model."""
+    result = subprocess.run(
+        [sys.executable, *args], cwd=work, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-5000:]}")
+
+
 def _run_pipeline(config: BenchConfig, work: Path) -> None:
     data, checkpoints, onnx = work / "data", work / "checkpoints", work / "onnx"
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
-    run_cli("-m", "training.sample_data", "--out", str(data), "--count",
-            str(config.train_images), "--size", str(config.image_size), "--seed", "11")
-    run_cli("training/train.py", "--data-dir", str(data), "--epochs", str(config.train_epochs),
-            "--weights", "none", "--image-size", str(config.image_size), "--batch-size", "16",
-            "--out", str(checkpoints), "--tracking-uri", tracking_uri, env=env, timeout=1800)
-    run_cli("export/to_onnx.py", "--model-uri", "models:/mhist-resnet18/latest",
-            "--data-dir", str(data), "--out", str(onnx), "--tracking-uri", tracking_uri,
-            "--calibration-size", "32", "--allow-degraded", env=env, timeout=1800)
+    _run(work, "-m", "training.sample_data", "--out", str(data), "--count",
+         str(config.train_images), "--size", str(config.image_size), "--seed", "11")
+    _run(work, str(REPO_ROOT / "training" / "train.py"), "--data-dir", str(data),
+         "--epochs", str(config.train_epochs), "--weights", "none",
+         "--image-size", str(config.image_size), "--batch-size", "16",
+         "--out", str(checkpoints), "--tracking-uri", tracking_uri, env=env)
+    _run(work, str(REPO_ROOT / "export" / "to_onnx.py"),
+         "--model-uri", "models:/mhist-resnet18/latest", "--data-dir", str(data),
+         "--out", str(onnx), "--tracking-uri", tracking_uri, "--calibration-size", "32",
+         "--allow-degraded", env=env)
     write_json(work / "pipeline.json", {"key": _pipeline_key(config),
                                         "tracking_uri": tracking_uri})
 
@@ -175,8 +192,6 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
         if work.exists() and bench_config.cache_dir:
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        import time
-
         started = time.perf_counter()
         _run_pipeline(bench_config, work)
         results.set_run(pipeline_s=round(time.perf_counter() - started, 1))

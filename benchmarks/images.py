@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,6 @@ def onnx_image_tags() -> dict[str, str]:
 def build_onnx_images(model: Path, names: tuple[str, ...] = ("flask", "sagemaker", "lambda")
                       ) -> dict[str, BuiltImage]:
     """Build each serving image with `model` baked in (SageMaker's reads it from a volume)."""
-    import time
-
     target = REPO_ROOT / BENCH_MODEL_IN_REPO
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists() or target.read_bytes() != model.read_bytes():
@@ -113,8 +112,8 @@ def assemble_baseline_context(context: Path, torchscript: Path, wheel: Path | No
 def build_baseline(context: Path, torchscript: Path, wheel: Path | None,
                    index_url: str | None = None,
                    version: str = DEFAULT_TORCH_VERSION) -> BuiltImage:
-    import time
-
+    """Build the PyTorch baseline image; BaselineUnavailable when no torch CPU build can be
+    installed here (no wheel, and the index is unreachable)."""
     assemble_baseline_context(context, torchscript, wheel)
     args = {"MODEL_FILE": BASELINE_MODEL, "TORCH_VERSION": version,
             "TORCH_INDEX_URL": index_url or os.environ.get("MHIST_TORCH_INDEX_URL",

@@ -81,6 +81,9 @@ def _header(data: dict) -> str:
         + (f", of which training + export {run['pipeline_s']} s" if run.get("pipeline_s")
            else "")
         + (f"; image builds (s): {run['image_builds']}" if run.get("image_builds") else ""),
+        f"- **Load average** (1/5/15 min) at start {run.get('load_average_at_start')}, at end "
+        f"{run.get('load_average_at_end')}: other jobs on the machine slow every row, torch "
+        "(OpenMP threads that spin-wait) far more than onnxruntime (spinning off)",
     ]
     if run.get("mode") == "quick":
         lines.append("- **Quick mode** (CI smoke): few samples, so p95/p99 sit near the "

@@ -7,6 +7,7 @@ benchmarks.report turns a results folder into summary.md and plots/*.png.
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ class ResultStore:
             "stamp": stamp,
             "mode": mode,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_average_at_start": _load_average(),
             "skipped": [],
             "failed": [],
             "notes": [],
@@ -74,10 +76,19 @@ class ResultStore:
     def finish(self) -> None:
         self.run["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.run["duration_s"] = round(time.time() - self.started, 1)
+        self.run["load_average_at_end"] = _load_average()
         self.save_run()
 
     def save_run(self) -> None:
         write_json(self.dir / "run.json", self.run)
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages: a busy machine (other jobs) shows up in every number."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -15,6 +15,8 @@ Why these choices:
 - One worker per CPU with one ORT thread each beats one worker with many threads for
   throughput on small machines, and avoids oversubscription: workers × threads × ORT threads
   ≤ CPUs. ORT would otherwise size its pool from the host's cores, not the container's quota.
+- SIGTERM: each worker closes its listening socket first (new connections are refused), then
+  finishes its in-flight request (services/gunicorn_sigterm.py).
 - graceful_timeout 8 s fits inside the 10 s that `docker stop` / `podman stop` wait before
   SIGKILL: in-flight requests finish, then the worker exits.
 - A missing or empty model file stops the master before it forks, with one clear line and
@@ -28,6 +30,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+from services.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
 
 _ENV = os.environ
 

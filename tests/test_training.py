@@ -328,3 +328,16 @@ def test_weights_from_a_local_file(tmp_path: Path) -> None:
         build_model(str(tmp_path / "junk.pth"))
     with pytest.raises(WeightsError, match="no such file"):
         build_model(str(tmp_path / "absent.pth"))
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--val-fraction", "1.0"], "--val-fraction"),
+    (["--threshold-rule", "sensitivity", "--target-sensitivity", "1.5"], "--target-sensitivity"),
+])
+def test_unusable_flags_are_named(flags: list[str], named: str) -> None:
+    from training.train import ConfigError, config_from_args
+
+    with pytest.raises(ConfigError, match=named):
+        config_from_args(get_args_parser().parse_args(flags))

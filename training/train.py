@@ -85,7 +85,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     imbalance: str = "weighted-loss"  # | "sampler" | "none"
-    patience: int = 5  # epochs without a better val AUC before stopping; 0 = never stop early
+    patience: int = 5  # epochs without a better checkpoint before stopping; 0 = never stop early
     threshold_rule: str = "youden"  # | "sensitivity"
     target_sensitivity: float = 0.9
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -123,7 +123,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--imbalance", choices=("weighted-loss", "sampler", "none"), default=d.imbalance,
                    help="class-imbalance handling: class-weighted loss, balanced sampler, or none")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many epochs without a better val AUC (0: never)")
+                   help="stop after this many epochs without a better checkpoint (val AUC, "
+                        "ties broken by val loss); 0: never stop early")
     p.add_argument("--threshold-rule", choices=("youden", "sensitivity"), default=d.threshold_rule,
                    help="decision threshold chosen on validation: max Youden's J, or the highest "
                         "threshold reaching --target-sensitivity for SSA")
@@ -145,9 +146,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     known = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**known)
+    cfg = TrainConfig(**known)
+    checks = [
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 2, f"--batch-size must be at least 2 (BatchNorm), got {cfg.batch_size}"),
+        (cfg.image_size >= 16, f"--image-size must be at least 16 pixels, got {cfg.image_size}"),
+        (0.0 < cfg.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {cfg.val_fraction}"),
+        (cfg.workers >= 0 and cfg.patience >= 0, "--workers and --patience cannot be negative"),
+        (0.0 < cfg.target_sensitivity <= 1.0,
+         f"--target-sensitivity must be in (0, 1], got {cfg.target_sensitivity}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg
 
 
 # ---------------------------------------------------------------- builders
@@ -252,6 +270,7 @@ def train_one_epoch(
 ) -> dict:
     """One pass over the train split; metrics come from the (augmented) training forward passes."""
     model.train()
+    lr = optimizer.param_groups[0]["lr"]  # the epoch's starting rate (the schedule is per batch)
     total_loss, probs, targets = 0.0, [], []
     for images, target in tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False,
                                disable=None):
@@ -269,8 +288,7 @@ def train_one_epoch(
         probs.append(torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu())
         targets.append(target.cpu())
     y, p = torch.cat(targets).numpy(), torch.cat(probs).numpy()
-    return {"loss": total_loss / max(len(y), 1), "metrics": binary_metrics(y, p), "lr":
-            optimizer.param_groups[0]["lr"]}
+    return {"loss": total_loss / max(len(y), 1), "metrics": binary_metrics(y, p), "lr": lr}
 
 
 @torch.inference_mode()
@@ -305,7 +323,7 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(data.loaders["train"]))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    best = {"epoch": 0, "val_auc": None, "state": None}
+    best = {"epoch": 0, "val_auc": None, "val_loss": None, "state": None}
     ckpt = Path(cfg.out) / "best.pt"
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=None)
     for epoch in bar:
@@ -318,10 +336,9 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
                             **scalar_metrics(train["metrics"], "train_"),
                             **scalar_metrics(val["metrics"], "val_")}, step=epoch)
         auc = val["metrics"]["roc_auc"]
-        if best["state"] is None or (auc is not None and (best["val_auc"] is None
-                                                          or auc > best["val_auc"])):
+        if _better(auc, val["loss"], best):
             # Copy now: the optimizer keeps changing the live tensors.
-            best = {"epoch": epoch, "val_auc": auc,
+            best = {"epoch": epoch, "val_auc": auc, "val_loss": val["loss"],
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             save_checkpoint(ckpt, model, {**card, "best_epoch": epoch})
         tqdm.write(_epoch_line(epoch, cfg.epochs, train, val, best, time.perf_counter() - start))
@@ -332,6 +349,17 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "best_val_auc": best["val_auc"], "epochs_run": epoch,
             "criterion": criterion, "checkpoint": ckpt}
+
+
+def _better(auc: float | None, loss: float, best: dict) -> bool:
+    """Higher val AUC wins; at equal AUC (it saturates at 1.0 on easy data) lower val loss."""
+    if best["state"] is None:
+        return True
+    if auc is None:  # one class only in val: AUC undefined, keep the first checkpoint
+        return False
+    if best["val_auc"] is None or auc > best["val_auc"]:
+        return True
+    return auc == best["val_auc"] and loss < best["val_loss"]
 
 
 def _fmt(value: float | None) -> str:
@@ -383,7 +411,7 @@ def log_dataset(data: Data, cfg: TrainConfig):
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         dataset = mlflow.data.from_pandas(frame, source=str(Path(cfg.data_dir).resolve()),
                                           targets="Majority Vote Label", name=name)
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")  # the schema is inferred here, lazily
     return dataset
 
 
@@ -571,7 +599,7 @@ def report(card: dict, checkpoint: Path, synthetic: bool) -> dict:
     print(f"run id      : {ml['run_id']} (experiment {ml['experiment_id']}, {ml['tracking_uri']})")
     print(f"registered  : {ml['registered_model']} version {ml['version']}" if ml["version"]
           else f"registered  : no (model at {ml['model_uri']})")
-    print(f"checkpoint  : {checkpoint}")
+    print(f"checkpoint  : {Path(checkpoint).resolve()}")
     print(f"threshold   : {card['threshold']:.4f} ({card['threshold_rule']}, chosen on validation)")
     print(f"test @thr   : {line(m['test'])}  cm {m['test']['confusion_matrix']}")
     print(f"test @0.5   : {line(m['test_at_0.5'])}  cm {m['test_at_0.5']['confusion_matrix']}")
@@ -585,7 +613,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     try:
         main(args)
-    except (DatasetError, WeightsError) as exc:
+    except (ConfigError, DatasetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
