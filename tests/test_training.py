@@ -90,11 +90,13 @@ def trained(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     stdout = io.StringIO()
     env_before = {key: os.environ.get(key) for key in MLFLOW_ENV}
     start = time.perf_counter()
-    # chdir: MLflow's sqlite store keeps artifacts in ./mlruns of the working directory.
+    # Run from a folder of its own to show artifacts land beside the database, not in ./mlruns.
+    elsewhere = tmp_path_factory.mktemp("cwd")
     with (pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout),
           mlflow_state_restored()):
-        mp.chdir(work)
+        mp.chdir(elsewhere)
         summary = main(args)
+    assert not (elsewhere / "mlruns").exists()
     seconds = time.perf_counter() - start
     print(f"\ntraining run: {seconds:.1f} s, val AUC {summary['card']['metrics']['val']['roc_auc']}"
           f", test AUC {summary['card']['metrics']['test']['roc_auc']}")
@@ -135,6 +137,8 @@ def test_run_logs_metrics_per_epoch(trained: dict) -> None:
 @pytest.mark.slow
 def test_run_holds_plots_json_and_card(trained: dict, tmp_path: Path) -> None:
     client = trained["client"]
+    run = client.get_run(trained["run_id"])
+    assert run.info.artifact_uri.startswith((trained["work"] / "mlruns").as_uri())
     root = {a.path for a in client.list_artifacts(trained["run_id"])}
     assert {"model_card.json", "metrics.json", "class_counts.json", "predictions.csv",
             "plots"} <= root
@@ -209,8 +213,7 @@ def test_checkpoint_is_the_evaluated_model(trained: dict, sample: Path) -> None:
 @pytest.mark.slow
 def test_registry_model_loads_as_the_same_weights(trained: dict) -> None:
     from_ckpt, _ = load_checkpoint(trained["checkpoint"])
-    with pytest.MonkeyPatch.context() as mp, mlflow_state_restored():
-        mp.chdir(trained["work"])  # artifacts resolve relative to the run's ./mlruns
+    with mlflow_state_restored():
         model, card = load_from_mlflow(f"models:/{MODEL_NAME}/{trained['version']}",
                                        trained["client"].tracking_uri)
     assert card == trained["card"]

@@ -415,6 +415,25 @@ def log_dataset(data: Data, cfg: TrainConfig):
     return dataset
 
 
+def ensure_experiment(name: str, tracking_uri: str) -> None:
+    """Create a missing experiment; with a sqlite store, its artifacts go next to the database.
+
+    MLflow's own default is ./mlruns of the *current* folder, so a run started elsewhere would
+    scatter artifacts away from its database; beside the .db file the store stays one folder.
+    """
+    import mlflow
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or mlflow.get_experiment_by_name(name) is not None:
+        return
+    db = Path(absolute_tracking_uri(tracking_uri)[len(prefix):])
+    location = (db.parent / "mlruns").as_uri()
+    try:
+        mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        pass  # created meanwhile by a concurrent run: set_experiment will find it
+
+
 def start_run(cfg: TrainConfig, data: Data):
     import mlflow
 
@@ -422,6 +441,7 @@ def start_run(cfg: TrainConfig, data: Data):
     # Under `mlflow run`, MLFLOW_RUN_ID names a run that already exists in the experiment the
     # CLI chose; setting ours as well would make start_run refuse the mismatch.
     if not os.environ.get("MLFLOW_RUN_ID"):
+        ensure_experiment(cfg.experiment, cfg.tracking_uri)
         mlflow.set_experiment(cfg.experiment)
     tags = {"synthetic": str(data.synthetic).lower(), "architecture": ARCHITECTURE,
             "positive_class": POSITIVE_CLASS}
