@@ -93,14 +93,17 @@ def cmd_deploy(ctx: Context) -> None:
     if not archive.is_file():
         raise DeployError(f"{archive} does not exist: build it with `python sagemaker/package.py`")
     digest = _sha256(archive)
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest[:6]}"
     bucket = ctx.bucket()
     model_data = f"s3://{bucket}/{MODEL_PREFIX}/{args.endpoint_name}/{digest[:12]}/model.tar.gz"
     if ctx.plan.step(f"upload {archive} to {model_data}"):
         _upload(ctx, archive, model_data)
     image = _image(ctx, digest)
     role_arn = _role(ctx, bucket, image)
-    name = f"{args.endpoint_name}-{stamp}"
+    # Model and config names are immutable in SageMaker: a new name per (time, what is
+    # deployed), so two deploys within the same second but with other settings never collide.
+    what = hashlib.sha256(f"{digest}|{image}|{_capacity_text(args)}|{args.workers}|"
+                          f"{args.server_timeout}".encode()).hexdigest()
+    name = f"{args.endpoint_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{what[:6]}"
     if ctx.plan.step(f"create model {name} (image {image}, data {model_data})"):
         _create_model(ctx, name, image, model_data, role_arn)
     if ctx.plan.step(f"create endpoint config {name}: {_capacity_text(args)}"):

@@ -23,11 +23,13 @@ FIXTURE_IMAGE_SIZE = 64
 FIXTURE_COUNT = 96
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path = REPO_ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run one of the project's CLIs with this interpreter; fail the test with its output."""
     result = subprocess.run(
         [sys.executable, *args],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -70,8 +72,10 @@ def exported(sample_dir: Path, tracking_uri: str, tmp_path_factory: pytest.TempP
     """Train one epoch from scratch, register it, export FP32 + INT8 from the registry."""
     work = tmp_path_factory.mktemp("pipeline")
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    # Run from the work folder: MLflow puts a new experiment's artifacts (./mlruns) in the
+    # working folder, and the repository must stay clean.
     run_cli(
-        "training/train.py",
+        str(REPO_ROOT / "training" / "train.py"),
         "--data-dir",
         str(sample_dir),
         "--epochs",
@@ -87,10 +91,11 @@ def exported(sample_dir: Path, tracking_uri: str, tmp_path_factory: pytest.TempP
         "--tracking-uri",
         tracking_uri,
         env=env,
+        cwd=work,
     )
     out = work / "onnx"
     run_cli(
-        "export/to_onnx.py",
+        str(REPO_ROOT / "export" / "to_onnx.py"),
         "--model-uri",
         "models:/mhist-resnet18/latest",
         "--data-dir",
@@ -103,6 +108,7 @@ def exported(sample_dir: Path, tracking_uri: str, tmp_path_factory: pytest.TempP
         "16",
         "--allow-degraded",
         env=env,
+        cwd=work,
     )
     return {
         "dir": out,

@@ -9,23 +9,19 @@ printed (`-s` shows them), never asserted: this machine's timings say nothing ab
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from awsdeploy.containers import REPO_ROOT
-from awsdeploy.images import build_target
 from services.model import InferenceModel
 from tests.support.containers import run_container
 from tests.support.events import EVENT_BUILDERS, make_v2_event
+from tests.support.images import built_image
 from tests.support.lambda_runtime import LambdaRuntimeServer
 
 pytestmark = pytest.mark.container
-TAG = "localhost/mhist-lambda:test"
 # awslambdaric (PID 1) ignores SIGTERM, as in Lambda: let removal kill it after 1 s, not 10.
 RUN_ARGS = ("--stop-timeout", "1")
 REPEATS = 20  # bounded latency loop
@@ -33,16 +29,8 @@ REPEATS = 20  # bounded latency loop
 
 @pytest.fixture(scope="module")
 def lambda_image(require_containers: str, model_int8_path: Path) -> str:
-    """Build lambda/Dockerfile with the fixture model baked in (copied into the context)."""
-    artifacts = REPO_ROOT / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    staged = artifacts / f"test-lambda-{uuid.uuid4().hex[:8]}.onnx"
-    shutil.copyfile(model_int8_path, staged)
-    try:
-        build_target("lambda", model=str(staged.relative_to(REPO_ROOT)), tag=TAG)
-    finally:
-        staged.unlink()
-    return TAG
+    """lambda/Dockerfile with the fixture model baked in (built once per session)."""
+    return built_image("lambda", model_int8_path)
 
 
 def image_python(engine: str, image: str, code: str) -> subprocess.CompletedProcess:

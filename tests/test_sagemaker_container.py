@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
 import time
@@ -24,24 +23,22 @@ import requests
 from awsdeploy import containers
 from services.app import create_app as create_flask_app
 from tests.support.containers import free_port, run_container, start_container, wait_for_http
-from tests.support.sagemaker_files import REPO_ROOT, package_and_extract
+from tests.support.images import built_image
+from tests.support.sagemaker_files import package_and_extract
 
 pytestmark = pytest.mark.container
 
-LOCAL_BASE_IMAGE = "localhost/python-base:3.11-bookworm"
-TAG = "localhost/mhist-sagemaker:test"
 MODEL_MOUNT = "/opt/ml/model"
 
 
 @pytest.fixture(scope="module")
-def image(require_containers: str) -> str:
+def image(require_containers: str, model_int8_path: Path) -> str:
     started = time.perf_counter()
-    containers.build(TAG, REPO_ROOT / "sagemaker" / "Dockerfile",
-                     build_args={"BASE_IMAGE": os.environ.get("BASE_IMAGE", LOCAL_BASE_IMAGE)})
-    size = containers.image_size_bytes(TAG)
-    print(f"\nsagemaker image {TAG}: {size / 1e6:.0f} MB, built in "
+    tag = built_image("sagemaker", model_int8_path)  # the model is mounted, not baked
+    size = containers.image_size_bytes(tag)
+    print(f"\nsagemaker image {tag}: {size / 1e6:.0f} MB, built in "
           f"{time.perf_counter() - started:.0f} s")
-    return TAG
+    return tag
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,16 @@ environment (.ci/run sets localhost/python-base:3.11-bookworm on the dev machine
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from awsdeploy import containers, images
+from awsdeploy import containers
 from services.model import InferenceModel
 from tests.support.containers import image_healthcheck, run_container, wait_for_http
+from tests.support.images import built_image
 
 pytestmark = pytest.mark.container
 
@@ -31,22 +28,9 @@ MAX_IMAGE_MB = 600
 
 
 @pytest.fixture(scope="module")
-def flask_image(require_containers: str, model_int8_path: Path) -> Iterator[str]:
-    # The build context is the repository root and .dockerignore lets only artifacts/*.onnx
-    # through, so the fixture model visits artifacts/ under a unique name for the build.
-    suffix = uuid.uuid4().hex[:8]
-    staged = containers.REPO_ROOT / "artifacts" / f"pytest-flask-{suffix}.onnx"
-    staged.parent.mkdir(exist_ok=True)
-    shutil.copyfile(model_int8_path, staged)
-    tag = f"localhost/mhist-flask:pytest-{suffix}"
-    try:
-        started = time.perf_counter()
-        images.build_target("flask", model=str(staged.relative_to(containers.REPO_ROOT)), tag=tag)
-        print(f"\nbuilt {tag} with {require_containers} in {time.perf_counter() - started:.0f} s")
-    finally:
-        staged.unlink(missing_ok=True)
-    yield tag
-    subprocess.run([require_containers, "rmi", "-f", tag], capture_output=True, timeout=120)
+def flask_image(require_containers: str, model_int8_path: Path) -> str:
+    """services/Dockerfile with the fixture model baked in (built once per session)."""
+    return built_image("flask", model_int8_path)
 
 
 def post_png(url: str, data: bytes) -> dict:
