@@ -267,10 +267,16 @@ def _post_timed(url: str, headers: dict[str, str], body: bytes) -> Callable[[], 
 
 def test_killed_worker_is_replaced_and_service_keeps_answering(
         flask_image: str, require_containers: str, corpus: dict[str, bytes]) -> None:
-    path, headers, body = _flask_batch_request(corpus, count=16)  # several seconds of work
+    # 64 decodes of a 2048² JPEG: seconds of work even on a fast, idle machine, so the kill
+    # surely lands mid-request (limits raised for this container only).
+    images = [corpus["jpeg-rgb-2048"]] * 64
+    body, content_type = multipart([("images", f"{i}.jpg", data, "image/jpeg")
+                                    for i, data in enumerate(images)])
+    path, headers = "/predict/batch", {"Content-Type": content_type}
     good = corpus["png-rgb-224"]
-    with run_container(flask_image, port=8080, engine=require_containers,
-                       env={"WEB_CONCURRENCY": "2", "ORT_INTRA_OP_THREADS": "1"}) as box:
+    env = {"WEB_CONCURRENCY": "2", "ORT_INTRA_OP_THREADS": "1", "MAX_BATCH": "64",
+           "MAX_CONTENT_LENGTH": str(len(body) + 65536)}
+    with run_container(flask_image, port=8080, engine=require_containers, env=env) as box:
         wait_for_http(box.url("/ready"), timeout=90, container=box)
         before = worker_rss_kb(box)
         assert len(before) == 2, before
