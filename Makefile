@@ -55,7 +55,7 @@ predict: setup
 	$(PY) -m services.predict --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
 
 serve: setup
-	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(VENV)/bin/gunicorn -c services/gunicorn.conf.py "services.app:create_app()"
+	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(PY) -m services.server
 
 # The main job on the built-in SYNTHETIC sample, ending with the Flask service on :$(PORT).
 demo: sample train export predict serve

@@ -1,13 +1,14 @@
-"""Build the three serving images with docker (daemon answering) or podman.
+"""Build the serving images with docker (daemon answering) or podman.
 
     python -m awsdeploy.images build flask [--model artifacts/model.int8.onnx] [--tag TAG]
     python -m awsdeploy.images build all --model artifacts/model.int8.onnx
     python -m awsdeploy.images list
 
-BASE_IMAGE comes from the environment (awsdeploy.containers.base_image); the model path is
-relative to the repository root, which is the build context, and must match .dockerignore's
-whitelist (artifacts/*.onnx). SageMaker's image reads its model from /opt/ml/model at run time,
-so --model is not passed to it.
+The targets, their Dockerfiles, default image names and whether the Dockerfile bakes a model
+in all come from the one registry, services/targets.py. BASE_IMAGE comes from the environment
+(awsdeploy.containers.base_image); the model path is relative to the repository root, which is
+the build context, and must match .dockerignore's whitelist (artifacts/*.onnx). A target that
+mounts its model at run time (SageMaker: /opt/ml/model) gets no MODEL_FILE build argument.
 """
 
 from __future__ import annotations
@@ -15,32 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from awsdeploy import containers
+from services.targets import TARGETS, ServingTarget
+from services.targets import target as serving_target
 
 DEFAULT_MODEL = "artifacts/model.int8.onnx"
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    dockerfile: str  # relative to the repository root
-    tag: str
-    takes_model: bool  # whether the Dockerfile bakes MODEL_FILE in
-
-
-TARGETS: dict[str, Target] = {
-    "flask": Target("flask", "services/Dockerfile", "mhist-flask", True),
-    "lambda": Target("lambda", "lambda/Dockerfile", "mhist-lambda", True),
-    "sagemaker": Target("sagemaker", "sagemaker/Dockerfile", "mhist-sagemaker", False),
-}
-
-
-def build_args(target: Target, model: str | None) -> dict[str, str]:
+def build_args(target: ServingTarget, model: str | None) -> dict[str, str]:
     """Build arguments for one target; MODEL_FILE only where the Dockerfile bakes a model."""
-    if not target.takes_model:
+    if not target.bakes_model:
         return {}
     path = model or DEFAULT_MODEL
     resolved = Path(path) if Path(path).is_absolute() else containers.REPO_ROOT / path
@@ -63,10 +50,10 @@ def build_args(target: Target, model: str | None) -> dict[str, str]:
 
 
 def build_target(name: str, model: str | None = None, tag: str | None = None) -> str:
-    """Build one target's image; returns its tag."""
-    target = TARGETS[name]
+    """Build one target's image (default tag: the registry's image name); returns its tag."""
+    target = serving_target(name)
     return containers.build(
-        tag or target.tag,
+        tag or target.image,
         containers.REPO_ROOT / target.dockerfile,
         context=containers.REPO_ROOT,
         build_args=build_args(target, model),
@@ -82,12 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"ONNX file inside the repository to bake in (default {DEFAULT_MODEL})")
     build.add_argument("--tag", default=None, help="image tag (default: the target's, e.g. "
                                                     "mhist-flask); only with one target")
-    sub.add_parser("list", help="print target, Dockerfile and tag")
+    sub.add_parser("list", help="print target, Dockerfile, image and how it gets its model")
     args = parser.parse_args(argv)
 
     if args.command == "list":
         for target in TARGETS.values():
-            print(f"{target.name}\t{target.dockerfile}\t{target.tag}")
+            model = ("baked in (--model)" if target.bakes_model
+                     else f"mounted at {target.model_mount}")
+            print(f"{target.name}\t{target.dockerfile}\t{target.image}\t{model}")
         return 0
     names = list(TARGETS) if args.target == "all" else [args.target]
     if args.tag and len(names) > 1:

@@ -262,7 +262,8 @@ def torchscript_file(torch_available: None, bench_model: BenchModel) -> Path:
 @pytest.fixture(scope="session")
 def onnx_images(request: pytest.FixtureRequest, bench_model: BenchModel, results: ResultStore
                 ) -> dict[str, str]:
-    """The three serving images (`:bench` tags) with the benchmark's INT8 model baked in."""
+    """Every serving image of services/targets.py (`:bench` tags), with the benchmark's INT8
+    model baked in where the target bakes one."""
     from benchmarks.images import build_onnx_images
 
     request.getfixturevalue("require_containers")
@@ -294,12 +295,15 @@ def baseline_image(request: pytest.FixtureRequest, bench_config: BenchConfig,
 
 
 @pytest.fixture(scope="session")
-def sagemaker_model_dir(bench_model: BenchModel, tmp_path_factory: pytest.TempPathFactory
-                        ) -> Path:
-    """/opt/ml/model for the SageMaker container: the INT8 file as model.onnx, readable by the
-    image's non-root user (pytest's temp folders are 0700)."""
-    folder = tmp_path_factory.mktemp("sm-model")
-    shutil.copyfile(bench_model.int8, folder / "model.onnx")
+def mounted_model_dir(bench_model: BenchModel, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Path:
+    """The model folder of a target that mounts one (services/targets.py `model_mount`:
+    SageMaker's /opt/ml/model, laid out as SageMaker extracts model.tar.gz): the INT8 file as
+    model.onnx, readable by the image's non-root user (pytest's temp folders are 0700)."""
+    from services.adapters.sagemaker import MODEL_FILE
+
+    folder = tmp_path_factory.mktemp("mounted-model")
+    shutil.copyfile(bench_model.int8, folder / MODEL_FILE)
     os.chmod(folder, 0o755)
-    os.chmod(folder / "model.onnx", stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    os.chmod(folder / MODEL_FILE, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     return folder

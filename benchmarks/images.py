@@ -1,9 +1,10 @@
-"""Build the images the benchmarks run: the three ONNX serving images and the PyTorch baseline.
+"""Build the images the benchmarks run: every ONNX serving image and the PyTorch baseline.
 
-The ONNX images are built with awsdeploy.images (the same Dockerfiles and build arguments as
-`make images`), with the benchmark's own INT8 model baked in under `:bench` tags; the engine's
-layer cache makes this cheap after the tests built the same Dockerfiles. The baseline image is
-built from a small, assembled context (the wheel and model never land in the repository).
+The ONNX images are those of services/targets.py's registry, built with awsdeploy.images (the
+same Dockerfiles and build arguments as `make images`), with the benchmark's own INT8 model
+baked in where the target bakes one, under `:bench` tags; the engine's layer cache makes this
+cheap after the tests built the same Dockerfiles. The baseline image is built from a small,
+assembled context (the wheel and model never land in the repository).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from awsdeploy import containers, images
+from services.targets import TARGETS
 
 REPO_ROOT = containers.REPO_ROOT
 BENCH_MODEL_IN_REPO = "artifacts/mhist-bench.int8.onnx"  # .dockerignore lets artifacts/*.onnx in
@@ -50,16 +52,18 @@ class BuiltImage:
 
 
 def onnx_image_tags() -> dict[str, str]:
-    return {name: f"{target.tag}:bench" for name, target in images.TARGETS.items()}
+    """Target name → its benchmark tag, e.g. flask → mhist-flask:bench."""
+    return {name: f"{target.image}:bench" for name, target in TARGETS.items()}
 
 
-def build_onnx_images(model: Path, names: tuple[str, ...] = ("flask", "sagemaker", "lambda")
+def build_onnx_images(model: Path, names: tuple[str, ...] = tuple(TARGETS)
                       ) -> dict[str, BuiltImage]:
-    """Build each serving image with `model` baked in (SageMaker's reads it from a volume)."""
-    target = REPO_ROOT / BENCH_MODEL_IN_REPO
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists() or target.read_bytes() != model.read_bytes():
-        shutil.copyfile(model, target)
+    """Build each serving image with `model` baked in (one that mounts its model, SageMaker's,
+    reads it from a volume at run time)."""
+    staged = REPO_ROOT / BENCH_MODEL_IN_REPO
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    if not staged.exists() or staged.read_bytes() != model.read_bytes():
+        shutil.copyfile(model, staged)
     built = {}
     for name in names:
         started = time.perf_counter()

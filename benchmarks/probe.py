@@ -7,22 +7,29 @@ time.monotonic() before spawning, and the monotonic clock is shared by all proce
 `done_at - spawned_at` is process start → first prediction. Nothing heavy is imported at the
 top of this file: each target imports exactly what its real process would.
 
-TARGET: ort (services.model core), flask (services.app factory + test client), sagemaker
-(sagemaker/inference_app.py), lambda (lambda/handler.py, an API Gateway v2 event), torch-eager
-(training checkpoint → torchvision ResNet18), torchscript (the baseline image's way).
+TARGET: ort (services.model core); every serving target of services/targets.py, by protocol —
+an `http` one is the one app (services.app.create_app with the entry's settings target, its
+model resolved from its model folder by the SageMaker adapter when the entry mounts one) and
+its test client POSTing to the entry's predict_path; a `lambda-runtime` one is the Lambda
+adapter's handler (services.adapters.aws_lambda.make_handler: INIT) invoked with an API
+Gateway v2 event; then torch-eager (training checkpoint → torchvision ResNet18) and
+torchscript (the baseline image's way).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from services.targets import TARGETS as SERVING_TARGETS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("ort", "flask", "sagemaker", "lambda", "torch-eager", "torchscript")
+TORCH_PROBES = ("torch-eager", "torchscript")
+ONNX_PROBES = ("ort", *SERVING_TARGETS)
+TARGETS = (*ONNX_PROBES, *TORCH_PROBES)
 
 
 def _ort(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
@@ -34,53 +41,61 @@ def _ort(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
     return model.predict_bytes(image)
 
 
-def _flask(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
+def _app_config(args: argparse.Namespace) -> dict:
+    """Settings overrides (services.settings field names) for the target's app: its settings
+    target, the model and the thread count. A target that mounts its model folder gets the
+    file and sha256 resolved as its container does (services.adapters.sagemaker); the caller
+    then passes a file inside that folder."""
+    spec = SERVING_TARGETS[args.target]
+    config = {"TARGET": spec.settings_target, "MODEL_PATH": args.model,
+              "ORT_THREADS": args.threads}
+    if spec.model_mount is not None:
+        from services.adapters.sagemaker import resolve_model
+
+        path, digest = resolve_model(Path(args.model).parent)
+        config.update(MODEL_PATH=str(path), MODEL_SHA256=digest)
+    return config
+
+
+def _http_app(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
     from services.app import create_app
 
     marks["imported_at"] = time.monotonic()
-    app = create_app({"MODEL_PATH": args.model, "ORT_INTRA_OP_THREADS": args.threads})
+    app = create_app(_app_config(args))
     marks["loaded_at"] = time.monotonic()
-    reply = app.test_client().post("/predict", data=image, content_type="image/png")
+    path = SERVING_TARGETS[args.target].predict_path
+    reply = app.test_client().post(path, data=image, content_type="image/png")
     if reply.status_code != 200:
-        raise SystemExit(f"flask /predict answered {reply.status_code}: {reply.data[:300]!r}")
-    return reply.get_json()
-
-
-def _sagemaker(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
-    # SageMaker's model folder holds model.onnx; the caller passes that folder's file.
-    os.environ["SM_MODEL_DIR"] = str(Path(args.model).parent)
-    os.environ["MHIST_ORT_THREADS"] = str(args.threads)
-    os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = "1"
-    sys.path.insert(0, str(REPO_ROOT / "sagemaker"))
-    import inference_app
-
-    marks["imported_at"] = time.monotonic()
-    app = inference_app.create_app()
-    marks["loaded_at"] = time.monotonic()
-    reply = app.test_client().post("/invocations", data=image, content_type="image/png")
-    if reply.status_code != 200:
-        raise SystemExit(f"sagemaker /invocations answered {reply.status_code}: "
+        raise SystemExit(f"{args.target} {path} answered {reply.status_code}: "
                          f"{reply.data[:300]!r}")
     return reply.get_json()
 
 
-def _lambda(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
-    os.environ["MODEL_PATH"] = args.model
-    os.environ["ORT_INTRA_OP_THREADS"] = str(args.threads)
-    sys.path.insert(0, str(REPO_ROOT / "lambda"))
+def _lambda_runtime(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
+    from services.adapters.aws_lambda import make_handler
     from tests.support.events import make_v2_event
 
-    marks["imported_at"] = time.monotonic()  # handler's import IS Lambda's INIT (model load)
-    import handler
-
+    marks["imported_at"] = time.monotonic()
+    # make_handler() is what lambda/handler.py runs at import: Lambda's INIT (model load).
+    handler = make_handler(_app_config(args))
     marks["loaded_at"] = time.monotonic()
-    event = make_v2_event(method="POST", path="/predict", headers={"content-type": "image/png"},
+    path = SERVING_TARGETS[args.target].predict_path
+    event = make_v2_event(method="POST", path=path, headers={"content-type": "image/png"},
                           body=image, binary=True)
-    response = handler.handler(event, None)
+    response = handler(event, None)
     if response.get("statusCode") != 200:
-        raise SystemExit(f"lambda handler answered {response.get('statusCode')}: "
+        raise SystemExit(f"{args.target} handler answered {response.get('statusCode')}: "
                          f"{str(response.get('body'))[:300]}")
     return json.loads(response["body"])
+
+
+PROTOCOL_RUNNERS = {"http": _http_app, "lambda-runtime": _lambda_runtime}
+
+
+def _no_driver(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
+    protocol = SERVING_TARGETS[args.target].protocol
+    raise SystemExit(f"{args.target}: no in-process probe for protocol {protocol!r}; add one "
+                     "to benchmarks/probe.py's PROTOCOL_RUNNERS")
 
 
 def _torch_eager(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
@@ -115,7 +130,9 @@ def _torchscript(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
     return predict(module, card, batch)
 
 
-RUNNERS = {"ort": _ort, "flask": _flask, "sagemaker": _sagemaker, "lambda": _lambda,
+RUNNERS = {"ort": _ort,
+           **{name: PROTOCOL_RUNNERS.get(spec.protocol, _no_driver)
+              for name, spec in SERVING_TARGETS.items()},
            "torch-eager": _torch_eager, "torchscript": _torchscript}
 
 

@@ -14,20 +14,38 @@ import math
 import sys
 from pathlib import Path
 
+from benchmarks import BASELINE
 from benchmarks.store import read_results
+from services.targets import TARGETS, ServingTarget
 
 MODEL_VARIANTS = ("torch-eager", "ort-fp32", "ort-int8")
 VARIANT_NAMES = {"torch-eager": "PyTorch eager (FP32)", "ort-fp32": "ORT FP32",
                  "ort-int8": "ORT INT8", "preprocessing": "preprocessing (numpy + Pillow)"}
+
+
+def _container_label(target: ServingTarget) -> str:
+    """`<name> container, POST <path>`; the part before the comma names the image."""
+    if target.protocol == "lambda-runtime":
+        return f"{target.name} image via Runtime API (v2 event), POST {target.predict_path}"
+    return f"{target.name} container, POST {target.predict_path}"
+
+
+def _process_label(target: ServingTarget) -> str:
+    if target.protocol == "lambda-runtime":
+        return f"{target.name}: make_handler (INIT) + invoke"
+    return f"{target.name}: create_app(target {target.settings_target})"
+
+
+# The "vs" column of the HTTP table: the plain HTTP target (the Flask container).
+REFERENCE = next(name for name, target in TARGETS.items() if target.settings_target == "http")
+# Row order: the registry's targets, then the PyTorch baseline they are compared with.
 HTTP_TARGETS = {
-    "flask": "Flask container, POST /predict",
-    "sagemaker": "SageMaker container, POST /invocations",
-    "lambda": "Lambda image via Runtime API",
-    "torch": "PyTorch baseline container, POST /predict",
+    **{name: _container_label(target) for name, target in TARGETS.items()},
+    BASELINE: "PyTorch baseline container, POST /predict",
 }
 PROCESS_NAMES = {
-    "ort": "ORT core (services.model)", "flask": "Flask app (services.app)",
-    "sagemaker": "SageMaker app (inference_app)", "lambda": "Lambda handler (INIT + invoke)",
+    "ort": "ORT core (services.model)",
+    **{name: _process_label(target) for name, target in TARGETS.items()},
     "torch-eager": "torch + torchvision (checkpoint)", "torchscript": "torch (TorchScript)",
 }
 
@@ -157,7 +175,7 @@ def _http_section(data: dict) -> str:
     if not http:
         return "## 2. End to end over HTTP\n\nNo data."
     base = (http.get("reference/session.run") or {}).get("p50_ms")
-    flask = (http.get("flask") or {}).get("p50_ms")
+    reference = (http.get(REFERENCE) or {}).get("p50_ms")
     rows = []
     for key, label in (("reference/session.run", "session.run alone (INT8, in-process)"),
                        ("reference/predict_bytes", "predict_bytes: decode + preprocess + run")):
@@ -169,13 +187,13 @@ def _http_section(data: dict) -> str:
         rec = http.get(key)
         if rec and rec.get("n"):
             rows.append([label, _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
-                         _ratio(rec["p50_ms"], base), _ratio(rec["p50_ms"], flask), rec["n"],
+                         _ratio(rec["p50_ms"], base), _ratio(rec["p50_ms"], reference), rec["n"],
                          rec.get("errors", 0)])
     return "\n".join([
         "## 2. End to end, one 224² PNG (one worker, all CPUs as intra-op threads, "
         "sequential requests)", "",
         _table(["target", "p50 ms", "p95 ms", "p99 ms", "overhead vs session.run (p50)",
-                "vs Flask container (p50)", "n", "errors"], rows),
+                f"vs {REFERENCE} container (p50)", "n", "errors"], rows),
         "\nThe ONNX targets serve the INT8 file; the PyTorch baseline serves the FP32 "
         "TorchScript of the same weights (torch CPU build), with the same decoding and "
         "preprocessing code. Its long tail is torch's OpenMP threads spin-waiting for CPUs "
@@ -184,8 +202,8 @@ def _http_section(data: dict) -> str:
 
 
 def _default_label(machine: dict) -> str:
-    """services/gunicorn.conf.py's default layout on this machine: one worker per CPU (≤ 4),
-    ORT threads = CPUs // workers."""
+    """The `http` target's default layout on this machine (services/settings.py, read by
+    services/gunicorn_conf.py): one worker per CPU (≤ 4), ORT threads = CPUs // workers."""
     cpus = machine.get("usable_cpus") or 1
     workers = min(cpus, 4)
     return f"{workers}w×{max(1, cpus // workers)}ort"
@@ -217,7 +235,7 @@ def _throughput_section(data: dict) -> str:
 
 def throughput_verdict(tp: dict, default: str) -> str:
     """Peak images/s of each layout (over the concurrency levels), the winner, and how the
-    default layout of services/gunicorn.conf.py compares; plus the lowest single-request p50."""
+    default layout of services/settings.py compares; plus the lowest single-request p50."""
     peaks = {}
     for label, rec in tp.items():
         level, best = max(rec["levels"].items(),
@@ -230,7 +248,7 @@ def throughput_verdict(tp: dict, default: str) -> str:
                        in peaks.items())
     text = f"**Verdict**: peak images/s — {listed}. Most throughput: **{winner}**"
     if default == winner:
-        text += ", which is services/gunicorn.conf.py's default layout on this machine"
+        text += ", which is the default layout (services/settings.py) on this machine"
     elif default in peaks:
         text += (f"; the default layout {default} reaches "
                  f"{_ratio(peaks[default][0], peaks[winner][0])} of it")
@@ -263,7 +281,7 @@ def _coldstart_section(data: dict) -> str:
             "",
             _table(["process", "total s", "interpreter s", "imports s", "model load s",
                     "first predict s", "vs ORT core", "heavy modules loaded", "n"], rows)]
-    torch_box = (cold.get("container/torch") or {}).get("first_200_s_median")
+    torch_box = (cold.get(f"container/{BASELINE}") or {}).get("first_200_s_median")
     rows = []
     for key, label in HTTP_TARGETS.items():
         rec = cold.get(f"container/{key}")
@@ -284,7 +302,7 @@ def _size_section(data: dict) -> str:
     size = data["size"]
     if not size:
         return "## 5. Size\n\nNo data."
-    torch_mb = (size.get("torch") or {}).get("image_mb")
+    torch_mb = (size.get(BASELINE) or {}).get("image_mb")
     rows = []
     for key, label in HTTP_TARGETS.items():
         rec = size.get(key)
@@ -425,9 +443,11 @@ def _plots(data: dict, folder: Path) -> list[Path]:
     cold = data["coldstart"]
     if cold:
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        proc = [(PROCESS_NAMES[k.split("/")[1]], v["first_prediction_s_median"])
+        proc = [(PROCESS_NAMES.get(k.split("/")[1], k.split("/")[1]),
+                 v["first_prediction_s_median"])
                 for k, v in cold.items() if k.startswith("process/")]
-        box = [(HTTP_TARGETS[k.split("/")[1]].split(",")[0], v["first_200_s_median"])
+        box = [(HTTP_TARGETS.get(k.split("/")[1], k.split("/")[1]).split(",")[0],
+                v["first_200_s_median"])
                for k, v in cold.items() if k.startswith("container/")]
         for ax, pairs, title in ((left, proc, "process start → first prediction"),
                                  (right, box, "container start → first 200")):

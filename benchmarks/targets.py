@@ -1,14 +1,17 @@
 """Start a serving target the way its platform does and send it one 224² PNG.
 
 Every target answers `send(png) -> Response` (status, body, seconds), so latency, throughput
-and cold-start benchmarks treat Flask, SageMaker, Lambda and the PyTorch baseline alike:
+and cold-start benchmarks treat every target alike. The serving targets and how each is
+started come from services/targets.py (the one registry); by protocol:
 
-    flask      the Flask image, `POST /predict` (raw image/png body)
-    sagemaker  the SageMaker image run as `IMAGE serve`, model in /opt/ml/model, `POST
-               /invocations`
-    lambda     the Lambda image (awslambdaric) against tests.support.lambda_runtime's Runtime
-               API server; an API Gateway HTTP API (v2) event per request
-    torch      benchmarks/baseline: the same Flask service on torch + TorchScript
+    http            the image run with the entry's `command`, its model folder mounted at
+                    `model_mount` when it has one (SageMaker: `IMAGE serve`, /opt/ml/model),
+                    a raw image/png body POSTed to `predict_path` on `port`
+    lambda-runtime  the image (awslambdaric) against tests.support.lambda_runtime's Runtime
+                    API server; an API Gateway HTTP API (v2) event per request to `predict_path`
+
+plus BASELINE ("torch"): benchmarks/baseline, the same Flask service on torch + TorchScript,
+which is a benchmark's yardstick and never a serving target, so it is not in the registry.
 """
 
 from __future__ import annotations
@@ -19,13 +22,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from benchmarks import BASELINE
 from benchmarks.load import Client, Response
+from services.targets import TARGETS, ServingTarget
+from services.targets import target as serving_target
 from tests.support.containers import Container, start_container
 from tests.support.events import make_v2_event
 from tests.support.lambda_runtime import LambdaRuntimeServer
 
 PNG = "image/png"
-CONTAINER_PORT = 8080
+BASELINE_PORT = 8080  # benchmarks/baseline/Dockerfile: PORT=8080
+BASELINE_PREDICT_PATH = "/predict"
+# What the container benchmarks (latency, cold start, size) run: every serving image, then the
+# PyTorch baseline they are compared with.
+CONTAINER_TARGETS: tuple[str, ...] = (*TARGETS, BASELINE)
+
+
+def needs_model_dir(name: str) -> bool:
+    """Whether `name` mounts its model folder at run time instead of baking the file in."""
+    return name in TARGETS and TARGETS[name].model_mount is not None
 
 
 @dataclass
@@ -53,13 +68,15 @@ class LambdaTarget:
     name: str
     box: Container
     runtime: LambdaRuntimeServer
+    path: str
 
     def send(self, png: bytes, timeout: float = 60.0) -> Response:
-        return lambda_response(self.runtime.invoke(lambda_event(png), timeout=timeout))
+        return lambda_response(self.runtime.invoke(lambda_event(png, self.path),
+                                                   timeout=timeout))
 
 
-def lambda_event(png: bytes) -> dict:
-    return make_v2_event(method="POST", path="/predict", headers={"content-type": PNG},
+def lambda_event(png: bytes, path: str) -> dict:
+    return make_v2_event(method="POST", path=path, headers={"content-type": PNG},
                          body=png, binary=True)
 
 
@@ -80,37 +97,48 @@ def lambda_response(invocation) -> Response:
     return Response(int(result.get("statusCode", 599)), data, seconds)
 
 
-def flask_env(threads: int, workers: int = 1, gunicorn_threads: int = 1) -> dict[str, str]:
-    return {"WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": str(gunicorn_threads),
-            "ORT_INTRA_OP_THREADS": str(threads)}
+def server_env(threads: int, workers: int = 1) -> dict[str, str]:
+    """One gunicorn worker with `threads` ORT intra-op threads, in the variables every HTTP
+    target reads (services/settings.py); gunicorn threads stay at the target's default (1;
+    SageMaker 2, so /ping answers while an invocation runs)."""
+    return {"WEB_CONCURRENCY": str(workers), "ORT_INTRA_OP_THREADS": str(threads)}
 
 
 def start_target(name: str, image: str, *, threads: int, env: dict[str, str] | None = None,
-                 sagemaker_model_dir=None, runtime: LambdaRuntimeServer | None = None):
-    """Start `name`'s container (not waiting for it); the caller owns stopping it."""
-    if name == "flask":
-        box = start_container(image, port=CONTAINER_PORT, env=env or flask_env(threads))
-        return HttpTarget(name, box, "/predict")
-    if name == "torch":
-        box = start_container(image, port=CONTAINER_PORT, env=env or {
+                 model_dir=None, runtime: LambdaRuntimeServer | None = None):
+    """Start `name`'s container (not waiting for it); the caller owns stopping it. `env`
+    replaces an HTTP target's default environment and adds to a Lambda target's; `model_dir`
+    is the model folder of a target that mounts one (see needs_model_dir)."""
+    if name == BASELINE:
+        box = start_container(image, port=BASELINE_PORT, env=env or {
             "WEB_CONCURRENCY": "1", "TORCH_NUM_THREADS": str(threads)})
-        return HttpTarget(name, box, "/predict")
-    if name == "sagemaker":
-        box = start_container(
-            image, port=CONTAINER_PORT, command=["serve"],
-            volumes=[f"{sagemaker_model_dir}:/opt/ml/model:ro"],
-            env=env or {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "MHIST_ORT_THREADS": str(threads)})
-        return HttpTarget(name, box, "/invocations")
-    if name == "lambda":
+        return HttpTarget(name, box, BASELINE_PREDICT_PATH)
+    spec = serving_target(name)
+    volumes = _model_volumes(spec, model_dir)
+    if spec.protocol == "http":
+        box = start_container(image, port=spec.port, command=spec.command, volumes=volumes,
+                              env=env or server_env(threads))
+        return HttpTarget(name, box, spec.predict_path)
+    if spec.protocol == "lambda-runtime":
         if runtime is None:
-            raise ValueError("the lambda target needs a running LambdaRuntimeServer")
+            raise ValueError(f"the {name} target needs a running LambdaRuntimeServer")
         # Host network: the runtime client reaches our Runtime API server on 127.0.0.1.
-        box = start_container(image, network_host=True, env={
-            "AWS_LAMBDA_RUNTIME_API": runtime.address, "ORT_INTRA_OP_THREADS": str(threads),
-            "AWS_LAMBDA_FUNCTION_NAME": "mhist-classifier",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048", **(env or {})})
-        return LambdaTarget(name, box, runtime)
-    raise ValueError(f"unknown target {name!r}")
+        box = start_container(image, network_host=True, command=spec.command, volumes=volumes,
+                              env={"AWS_LAMBDA_RUNTIME_API": runtime.address,
+                                   "ORT_INTRA_OP_THREADS": str(threads),
+                                   "AWS_LAMBDA_FUNCTION_NAME": "mhist-classifier",
+                                   "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048", **(env or {})})
+        return LambdaTarget(name, box, runtime, spec.predict_path)
+    raise ValueError(f"target {name!r}: no benchmark driver for protocol {spec.protocol!r}")
+
+
+def _model_volumes(spec: ServingTarget, model_dir) -> list[str]:
+    if spec.model_mount is None:
+        return []
+    if model_dir is None:
+        raise ValueError(f"the {spec.name} target reads its model from {spec.model_mount}: "
+                         "pass model_dir")
+    return [f"{model_dir}:{spec.model_mount}:ro"]
 
 
 def wait_first_ok(target, png: bytes, timeout: float = 120.0) -> tuple[float, Response]:
@@ -147,7 +175,8 @@ def wait_first_ok(target, png: bytes, timeout: float = 120.0) -> tuple[float, Re
 def running(name: str, image: str, **kwargs) -> Iterator:
     """start_target(...) with the container always removed; a Lambda target brings its own
     Runtime API server when none is passed."""
-    own_runtime = name == "lambda" and kwargs.get("runtime") is None
+    own_runtime = (name in TARGETS and TARGETS[name].protocol == "lambda-runtime"
+                   and kwargs.get("runtime") is None)
     if own_runtime:
         kwargs["runtime"] = LambdaRuntimeServer().start()
     target = None

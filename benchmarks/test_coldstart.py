@@ -1,10 +1,11 @@
 """(4) Cold start.
 
 In-process: a fresh Python process per run, process start → first successful prediction, for
-each ONNX target's own code path (core, Flask factory, SageMaker app, Lambda handler) vs a
-torch process (training checkpoint + torchvision, and TorchScript as the baseline image does).
-Container: `podman run` → first 200 (Flask, SageMaker, PyTorch baseline) / first Lambda
-response, polling with the real prediction request.
+the ONNX core and each serving target of services/targets.py (the one app with the target's
+settings, the Lambda adapter's handler) vs a torch process (training checkpoint + torchvision,
+and TorchScript as the baseline image does).
+Container: `podman run` → first 200 (HTTP targets, PyTorch baseline) / first Lambda response,
+polling with the real prediction request.
 
 Warm page cache: every run after the first finds the files in memory, as a restarted or
 scaled-out container on the same host would. A fresh host pulling the image is slower for all.
@@ -20,12 +21,17 @@ import time
 import pytest
 
 from benchmarks.checks import assert_valid_prediction
-from benchmarks.probe import REPO_ROOT
-from benchmarks.targets import running, wait_first_ok
+from benchmarks.probe import ONNX_PROBES, REPO_ROOT, TORCH_PROBES
+from benchmarks.targets import (
+    BASELINE,
+    CONTAINER_TARGETS,
+    LambdaTarget,
+    needs_model_dir,
+    running,
+    wait_first_ok,
+)
 from benchmarks.timing import median
-
-ONNX_PROBES = ("ort", "flask", "sagemaker", "lambda")
-TORCH_PROBES = ("torch-eager", "torchscript")
+from services.adapters.sagemaker import MODEL_FILE
 
 
 def _probe(target: str, model: str, image: str, threads: int) -> dict:
@@ -61,15 +67,17 @@ def _summarise(runs: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("target", ONNX_PROBES + TORCH_PROBES)
-def test_process_cold_start(target, request, bench_model, bench_config, sagemaker_model_dir,
+def test_process_cold_start(target, request, bench_model, bench_config, mounted_model_dir,
                             results):
     if target in TORCH_PROBES:
         request.getfixturevalue("torch_available")
-    model = {
-        "torch-eager": lambda: bench_model.checkpoint,
-        "torchscript": lambda: request.getfixturevalue("torchscript_file"),
-        "sagemaker": lambda: sagemaker_model_dir / "model.onnx",
-    }.get(target, lambda: bench_model.int8)()
+    if needs_model_dir(target):  # the probe resolves the file from its folder, as `serve` does
+        model = mounted_model_dir / MODEL_FILE
+    else:
+        model = {
+            "torch-eager": lambda: bench_model.checkpoint,
+            "torchscript": lambda: request.getfixturevalue("torchscript_file"),
+        }.get(target, lambda: bench_model.int8)()
     runs = [_probe(target, str(model), str(bench_model.image), bench_config.threads)
             for _ in range(bench_config.cold_repeats)]
     record = {"target": target, "model_file": model.name, "repeats": len(runs),
@@ -84,18 +92,18 @@ def test_process_cold_start(target, request, bench_model, bench_config, sagemake
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("name", ["flask", "sagemaker", "lambda", "torch"])
+@pytest.mark.parametrize("name", CONTAINER_TARGETS)
 def test_container_cold_start(name, request, bench_model, bench_config, png_224,
-                              sagemaker_model_dir, results):
-    image = (request.getfixturevalue("baseline_image") if name == "torch"
+                              mounted_model_dir, results):
+    image = (request.getfixturevalue("baseline_image") if name == BASELINE
              else request.getfixturevalue("onnx_images")[name])
     runs = []
     for _ in range(bench_config.cold_repeats):
         with running(name, image, threads=bench_config.threads,
-                     sagemaker_model_dir=sagemaker_model_dir) as target:
+                     model_dir=mounted_model_dir) as target:
             seconds, reply = wait_first_ok(target, png_224)
             extra = {}
-            if name == "lambda":
+            if isinstance(target, LambdaTarget):
                 runtime = target.runtime
                 extra["init_s"] = runtime.next_calls[0] - target.box.started_at
             runs.append({"first_200_s": seconds, **extra})
@@ -103,6 +111,6 @@ def test_container_cold_start(name, request, bench_model, bench_config, png_224,
     record = {"target": name, "image": image, "repeats": len(runs),
               "first_200_s_median": median([r["first_200_s"] for r in runs]),
               "first_200_s_all": [round(r["first_200_s"], 4) for r in runs]}
-    if name == "lambda":
+    if "init_s" in runs[0]:
         record["init_s_median"] = median([r["init_s"] for r in runs])
     results.put("coldstart", f"container/{name}", record)

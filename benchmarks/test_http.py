@@ -1,6 +1,7 @@
-"""(2) End to end for one 224² PNG: Flask container POST /predict, SageMaker container POST
-/invocations, the Lambda image through the Runtime API test server, and the PyTorch baseline
-container — p50/p95/p99 and the overhead against a bare `session.run` of the same INT8 model.
+"""(2) End to end for one 224² PNG: every serving target of services/targets.py (Flask
+container POST /predict, SageMaker container POST /invocations, the Lambda image through the
+Runtime API test server) and the PyTorch baseline container — p50/p95/p99 and the overhead
+against a bare `session.run` of the same INT8 model.
 
 Each server runs one worker with all CPUs as intra-op threads (the latency-optimal layout, and
 the same thread count as the reference), one request at a time from 127.0.0.1.
@@ -12,7 +13,13 @@ import pytest
 
 from benchmarks.checks import assert_valid_prediction, response_problem
 from benchmarks.load import closed_loop
-from benchmarks.targets import LambdaTarget, running, wait_first_ok
+from benchmarks.targets import (
+    BASELINE,
+    CONTAINER_TARGETS,
+    LambdaTarget,
+    running,
+    wait_first_ok,
+)
 from benchmarks.timing import latency_stats, time_calls
 from services.model import InferenceModel
 from services.preprocessing import preprocess_bytes
@@ -57,13 +64,13 @@ def _measure(target, png: bytes, classes: list[str], config) -> dict:
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("name", ["flask", "sagemaker", "lambda", "torch"])
+@pytest.mark.parametrize("name", CONTAINER_TARGETS)
 def test_http_latency(name, request, bench_model, bench_config, png_224, reference, results,
-                      sagemaker_model_dir):
-    image = (request.getfixturevalue("baseline_image") if name == "torch"
+                      mounted_model_dir):
+    image = (request.getfixturevalue("baseline_image") if name == BASELINE
              else request.getfixturevalue("onnx_images")[name])
     with running(name, image, threads=bench_config.threads,
-                 sagemaker_model_dir=sagemaker_model_dir) as target:
+                 model_dir=mounted_model_dir) as target:
         _, first = wait_first_ok(target, png_224)
         assert_valid_prediction(first.json(), bench_model.classes)
         record = _measure(target, png_224, bench_model.classes, bench_config)

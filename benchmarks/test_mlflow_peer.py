@@ -150,8 +150,7 @@ def test_onnx_flask_host_process(bench_model, bench_config, png_224, results):
     port = free_port()
     record, first = _serve(
         "gunicorn + ONNX INT8 (services/)",
-        [str(VENV_BIN / "gunicorn"), "-c", "services/gunicorn.conf.py",
-         "services.app:create_app()"],
+        [str(VENV_BIN / "python"), "-m", "services.server"],
         {"MODEL_PATH": str(bench_model.int8), "PORT": str(port), "HOST": "127.0.0.1",
          "WEB_CONCURRENCY": "1", "ORT_INTRA_OP_THREADS": str(bench_config.threads)},
         port, "/predict", png_224, "image/png",

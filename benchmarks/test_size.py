@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from awsdeploy.containers import base_image, engine, image_size_bytes
+from benchmarks.targets import BASELINE, CONTAINER_TARGETS
 
 _DU = ("du -sk /opt/venv | cut -f1; "
        "du -sk /opt/venv/lib/python3*/site-packages/* | sort -rn | head -n 6")
@@ -29,9 +30,9 @@ def _venv_sizes(image: str) -> dict:
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("name", ["flask", "sagemaker", "lambda", "torch"])
+@pytest.mark.parametrize("name", CONTAINER_TARGETS)
 def test_image_size(name, request, results):
-    image = (request.getfixturevalue("baseline_image") if name == "torch"
+    image = (request.getfixturevalue("baseline_image") if name == BASELINE
              else request.getfixturevalue("onnx_images")[name])
     record = {"target": name, "image": image, "image_mb": image_size_bytes(image) / 1e6,
               **_venv_sizes(image)}

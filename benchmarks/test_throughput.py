@@ -1,6 +1,7 @@
 """(3) Throughput of the Flask container: closed loop at concurrency 1, 2, 4, 8 on 127.0.0.1,
 a bounded number of requests per level, for each gunicorn layout (workers × ORT threads, see
-BenchConfig.server_settings) — the numbers behind services/gunicorn.conf.py's default.
+BenchConfig.server_settings) — the numbers behind the default layout of the `http` target
+(services/settings.py, which services/gunicorn_conf.py reads).
 
 The load generator runs on the same machine: its client threads take a little CPU from the
 server, equally for every layout.

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from services.metadata import ModelMetadata
+from services.metadata import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 
 OPSET = 18
 
@@ -31,8 +31,8 @@ def export_fp32(model: torch.nn.Module, image_size: int, out_path: Path) -> None
             model,
             (example,),
             str(staged),
-            input_names=["input"],
-            output_names=["logits"],
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             dynamo=True,
@@ -47,7 +47,7 @@ def export_fp32(model: torch.nn.Module, image_size: int, out_path: Path) -> None
 def write_metadata(path: Path, metadata: ModelMetadata) -> None:
     """Replace the file's `mhist.*` metadata_props with `metadata` (other props are kept)."""
     proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if not p.key.startswith("mhist.")]
+    kept = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in kept}, **metadata.to_props()})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from export.registry import resolve_version
 from training.checkpoint import load_checkpoint, load_from_mlflow
 
 
@@ -19,9 +19,6 @@ class ModelSource:
     run_id: str | None
     registered_model: str | None
     registered_version: str | None
-
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))?$")
 
 
 def from_checkpoint(path: Path) -> ModelSource:
@@ -48,35 +45,17 @@ def from_mlflow(uri: str, tracking_uri: str) -> ModelSource:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    name = version = None
-    match = _MODELS_URI.match(uri)
-    if match:
-        name = match["name"]
-        version = _resolve_version(client, name, match["version"], match["alias"])
-        run_id = client.get_model_version(name, version).run_id
-        uri = f"models:/{name}/{version}"
-    elif uri.startswith("runs:/"):
+    found = resolve_version(
+        client, uri, "train first (python training/train.py) or pass --checkpoint PATH"
+    )
+    if found is None:  # runs:/RUN_ID/PATH
+        name = version = None
         run_id = uri.split("/")[1]
     else:
-        raise ValueError(
-            f"unsupported model URI {uri!r}: use models:/NAME/VERSION or runs:/ID/model"
-        )
+        name, version, run_id = found.name, str(found.version), found.run_id
+        uri = f"models:/{name}/{version}"
     model, card = load_from_mlflow(uri, tracking_uri)
     return ModelSource(model, card, uri, run_id, name, version)
-
-
-def _resolve_version(client, name: str, version: str | None, alias: str | None) -> str:
-    if alias:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    if version and version != "latest":
-        return version
-    versions = client.search_model_versions(f"name='{name}'")
-    if not versions:
-        raise ValueError(
-            f"no registered model {name!r} in this tracking store: train first "
-            "(python training/train.py) or pass --checkpoint PATH"
-        )
-    return str(max(int(v.version) for v in versions))
 
 
 def _str_or_none(value: object) -> str | None:

@@ -11,17 +11,12 @@ its classes, threshold, preprocessing, precision, provenance and metrics as meta
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -39,12 +34,12 @@ from export.quantize import (
     quantize_int8,
 )
 from export.source import ModelSource, from_checkpoint, from_mlflow
+from services.files import sha256_file
 from services.metadata import ModelMetadata
 from services.model import InferenceModel
 from services.preprocessing import PreprocessSpec
 from training.data import DatasetError, load_annotations
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from training.provenance import DEFAULT_TRACKING_URI, git_commit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -174,7 +169,10 @@ def main(args: argparse.Namespace) -> dict:
         calibration_seed=args.calibration_seed,
     )
     quantize_int8(
-        fp32_path, int8_path, ImageCalibrationReader(calibration, spec, "input"), settings
+        fp32_path,
+        int8_path,
+        ImageCalibrationReader(calibration, spec, fp32.metadata.input_name),
+        settings,
     )
     write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict()))
     timings["quantize_s"] = time.perf_counter() - t
@@ -249,7 +247,7 @@ def _metadata(
             "registered_model": source.registered_model,
             "registered_version": source.registered_version,
             "training_git_commit": card.get("git_commit"),
-            "export_git_commit": _git_commit(),
+            "export_git_commit": git_commit(),
             "threshold_rule": card.get("threshold_rule"),
             "synthetic_data": bool((card.get("dataset") or {}).get("synthetic", False)),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -297,7 +295,7 @@ def _file_info(path: Path) -> dict:
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(path),
         "load_s": round(load_s, 4),
     }
 
@@ -327,20 +325,6 @@ def _versions() -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def _log(args, source, report, report_path, fp32_path, int8_path) -> dict:

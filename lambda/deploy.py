@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python lambda/deploy.py` puts lambda/ first, not the root
-    sys.path.insert(0, str(REPO_ROOT))
+from awsdeploy import aws
+from awsdeploy.aws import Plan
 
-from awsdeploy import aws  # noqa: E402 - needs the path fix above
-from awsdeploy.aws import Plan  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BASIC_EXECUTION_POLICY = "service-role/AWSLambdaBasicExecutionRole"
-ROUTES = ("POST /predict", "GET /health")
+# Every path and method goes to the Flask app, so its routes (and its JSON 404/405) are the
+# API's: `ANY /{proxy+}` does not match the bare `/`, hence the second route for the root page.
+ROUTES = ("ANY /{proxy+}", "ANY /")
 HTTP_API_MAX_TIMEOUT_MS = 30_000  # API Gateway HTTP API integration ceiling
 PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
 
@@ -89,26 +89,31 @@ def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
 
     if not plan.step(f"ensure HTTP API {names.api}: AWS_PROXY integration (payload 2.0), routes "
                      f"{', '.join(ROUTES)}, $default stage with auto-deploy"):
-        plan.step(f"allow apigateway.amazonaws.com to invoke {names.function} from that API only")
+        plan.step(f"allow apigateway.amazonaws.com to invoke {names.function} from that API only "
+                  "(every stage, method and path)")
         plan.step("print the invoke URL and a curl example")
         return None
     api = ensure_http_api(clients["apigatewayv2"], names.api, function_arn, args, plan)
 
     plan.step(f"allow apigateway.amazonaws.com to invoke {names.function} from API "
-              f"{api['ApiId']} only")
-    source_arn = (f"arn:{aws.partition(region)}:execute-api:{region}:"
-                  f"{function_arn.split(':')[4]}:{api['ApiId']}/*")
+              f"{api['ApiId']} only (every stage, method and path)")
+    source_arn = invoke_source_arn(region, function_arn.split(":")[4], api["ApiId"])
     ensure_invoke_permission(clients["lambda"], names.function, api["ApiId"], source_arn, plan)
 
     outputs = {"function_arn": function_arn, "image_uri": image_uri, "role_arn": role_arn,
                "api_id": api["ApiId"], "invoke_url": api["ApiEndpoint"].rstrip("/")}
     plan.step("print the invoke URL and a curl example")
-    print(f"\nInvoke URL: {outputs['invoke_url']}\n"
+    print(f"\nInvoke URL: {outputs['invoke_url']} (every route of the Flask app)\n"
           f"  curl -sS {outputs['invoke_url']}/health\n"
           f"  curl -sS -X POST -H 'Content-Type: image/png' --data-binary @patch.png "
           f"{outputs['invoke_url']}/predict")
     print(json.dumps(outputs))
     return outputs
+
+
+def invoke_source_arn(region: str, account: str, api_id: str) -> str:
+    """execute-api ARN of every stage, method and path of one API: apiId/STAGE/METHOD/PATH."""
+    return f"arn:{aws.partition(region)}:execute-api:{region}:{account}:{api_id}/*/*"
 
 
 def _clients(region: str) -> dict:
@@ -172,7 +177,11 @@ def _wait(lam, waiter: str, name: str) -> None:
 
 def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Namespace,
                     plan: Plan) -> dict:
-    """HTTP API → one AWS_PROXY integration (payload 2.0) → the routes → $default stage."""
+    """HTTP API → one AWS_PROXY integration (payload 2.0) → the routes → $default stage.
+
+    Declarative: routes other than ROUTES (e.g. the fixed `POST /predict` and `GET /health` of
+    older deploys) are deleted, and so are integrations no route targets any more.
+    """
     api = _find_api(api_client, name)
     cors = _cors_configuration(args.cors_origins)
     if api is None:
@@ -186,15 +195,7 @@ def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Nam
         plan.note(f"HTTP API {name} exists ({api['ApiId']})")
     api_id = api["ApiId"]
     integration_id = _ensure_integration(api_client, api_id, function_arn, args.timeout)
-    existing = {r["RouteKey"]: r for r in _items(api_client.get_routes, ApiId=api_id)}
-    for route_key in ROUTES:
-        target = f"integrations/{integration_id}"
-        if route_key in existing:
-            api_client.update_route(ApiId=api_id, RouteId=existing[route_key]["RouteId"],
-                                    Target=target)
-        else:
-            api_client.create_route(ApiId=api_id, RouteKey=route_key, Target=target)
-        plan.note(f"route {route_key} → {target}")
+    _ensure_routes(api_client, api_id, integration_id, plan)
     stages = {s["StageName"]: s for s in _items(api_client.get_stages, ApiId=api_id)}
     if "$default" in stages:
         # Only when someone turned auto-deploy off (moto also lacks UpdateStage).
@@ -204,6 +205,31 @@ def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Nam
         api_client.create_stage(ApiId=api_id, StageName="$default", AutoDeploy=True)
     plan.note("stage $default, auto-deploy on")
     return api
+
+
+def _ensure_routes(api_client, api_id: str, integration_id: str, plan: Plan) -> None:
+    """Exactly ROUTES, each once, each targeting the integration; anything else is deleted."""
+    target = f"integrations/{integration_id}"
+    kept: set[str] = set()
+    for route in _items(api_client.get_routes, ApiId=api_id):
+        key = route["RouteKey"]
+        if key not in ROUTES or key in kept:  # stale, or a duplicate of one already kept
+            api_client.delete_route(ApiId=api_id, RouteId=route["RouteId"])
+            plan.note(f"deleted stale route {key}")
+            continue
+        kept.add(key)
+        if route.get("Target") != target:
+            api_client.update_route(ApiId=api_id, RouteId=route["RouteId"], Target=target)
+        plan.note(f"route {key} → {target}")
+    for key in ROUTES:
+        if key not in kept:
+            api_client.create_route(ApiId=api_id, RouteKey=key, Target=target)
+            plan.note(f"created route {key} → {target}")
+    for integration in _items(api_client.get_integrations, ApiId=api_id):
+        if integration["IntegrationId"] != integration_id:  # no route targets it any more
+            api_client.delete_integration(ApiId=api_id,
+                                          IntegrationId=integration["IntegrationId"])
+            plan.note(f"deleted unused integration {integration['IntegrationId']}")
 
 
 def _cors_configuration(origins: str | None) -> dict:
@@ -256,12 +282,17 @@ def _items(call, **kwargs) -> list[dict]:
 
 def ensure_invoke_permission(lam, function: str, api_id: str, source_arn: str,
                              plan: Plan) -> None:
-    """lambda:InvokeFunction for apigateway.amazonaws.com, limited to this API's ARN."""
+    """lambda:InvokeFunction for apigateway.amazonaws.com from this API only (all routes).
+
+    A statement with another SourceArn (e.g. `apiId/*` of older deploys) is replaced.
+    """
     statement_id = f"apigateway-{api_id}"
     policy = aws.ignore_missing(lam.get_policy, FunctionName=function)
     statements = json.loads(policy["Policy"])["Statement"] if policy else []
     current = next((s for s in statements if s.get("Sid") == statement_id), None)
-    if current is not None and source_arn in json.dumps(current.get("Condition", {})):
+    current_arn = ((current or {}).get("Condition", {}).get("ArnLike", {})
+                   .get("AWS:SourceArn"))
+    if current_arn == source_arn:
         plan.note(f"permission {statement_id} already allows {source_arn}")
         return
     if current is not None:

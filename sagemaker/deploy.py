@@ -29,13 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    from awsdeploy import aws
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from awsdeploy import aws
-
 from botocore.exceptions import ClientError, WaiterError
+
+from awsdeploy import aws
+from services.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENDPOINT = "mhist"
@@ -92,7 +89,7 @@ def cmd_deploy(ctx: Context) -> None:
     archive = args.model_tar
     if not archive.is_file():
         raise DeployError(f"{archive} does not exist: build it with `python sagemaker/package.py`")
-    digest = _sha256(archive)
+    digest = sha256_file(archive)
     bucket = ctx.bucket()
     model_data = f"s3://{bucket}/{MODEL_PREFIX}/{args.endpoint_name}/{digest[:12]}/model.tar.gz"
     if ctx.plan.step(f"upload {archive} to {model_data}"):
@@ -109,14 +106,6 @@ def cmd_deploy(ctx: Context) -> None:
     if ctx.plan.step(f"create endpoint config {name}: {_capacity_text(args)}"):
         _create_endpoint_config(ctx, name, name)
     _create_or_update_endpoint(ctx, name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _upload(ctx: Context, archive: Path, s3_uri: str) -> None:

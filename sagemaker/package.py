@@ -8,9 +8,10 @@
 The archive holds, at its root (SageMaker extracts it into /opt/ml/model):
     model.onnx      the self-describing ONNX file, unchanged
     manifest.json   model_file, sha256, size_bytes, where it came from, the model's metadata
-Before writing, the staged folder is loaded with the container's own loader (model_loader),
-so an archive this script writes is one `serve` accepts. The archive is byte-reproducible
-(sorted members, zero mtimes and owners), so the same model gives the same S3 object.
+Before writing, the staged model.onnx is loaded with the serving core (services.model), the
+same check the container runs at start-up, so an archive this script writes is one `serve`
+accepts. The archive is byte-reproducible (sorted members, zero mtimes and owners), so the same
+model gives the same S3 object.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-# Run as a script, this folder is on sys.path: the container's loader is importable by name.
-import model_loader
+from services.adapters.sagemaker import MANIFEST_FILE, MODEL_FILE
+from services.errors import ModelLoadError
+from services.files import sha256_file
+from services.model import InferenceModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ONNX = REPO_ROOT / "artifacts" / "model.int8.onnx"
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_path = args.onnx or DEFAULT_ONNX
                 source = {"kind": "file", "path": str(onnx_path)}
             summary = package(onnx_path, args.out, source, Path(tmp) / "stage")
-        except (model_loader.ModelLoadError, FileNotFoundError, ValueError) as exc:
+        except (ModelLoadError, FileNotFoundError, ValueError) as exc:
             print(f"package: error: {exc}", file=sys.stderr)
             return 2
     print(json.dumps(summary, indent=2))
@@ -79,19 +82,21 @@ def package(onnx_path: Path, out: Path, source: dict, stage: Path) -> dict:
             "or pass --onnx PATH / --model-uri URI"
         )
     stage.mkdir(parents=True)
-    shutil.copyfile(onnx_path, stage / model_loader.MODEL_FILE)
-    model = model_loader.load_model(stage, threads=1)  # the container's own check
+    staged = stage / MODEL_FILE
+    shutil.copyfile(onnx_path, staged)
+    model = InferenceModel(staged, threads=1)  # ModelLoadError if serving could not load it
+    digest = sha256_file(staged)
     manifest = {
         "format": 1,
-        "model_file": model_loader.MODEL_FILE,
-        "sha256": model.sha256,
-        "size_bytes": model.path.stat().st_size,
+        "model_file": MODEL_FILE,
+        "sha256": digest,
+        "size_bytes": staged.stat().st_size,
         "source": source,
         "metadata": model.metadata.describe(),
     }
-    (stage / model_loader.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     write_archive(stage, out)
-    return {"archive": str(out), "archive_bytes": out.stat().st_size, "model_sha256": model.sha256,
+    return {"archive": str(out), "archive_bytes": out.stat().st_size, "model_sha256": digest,
             "name": model.metadata.name, "version": model.metadata.version,
             "precision": model.metadata.precision, "source": source}
 

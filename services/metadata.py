@@ -14,6 +14,10 @@ from services.preprocessing import PreprocessSpec
 SCHEMA_VERSION = "1"
 PREFIX = "mhist."
 REQUIRED_KEYS = ("classes", "positive_class", "threshold", "preprocessing", "precision")
+# The graph's tensor names, (N, 3, S, S) float32 in → (N, C) logits out. Export names the graph
+# with these and records them (mhist.input_name / output_name); serving uses the recorded names.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,8 @@ class ModelMetadata:
     precision: str  # "fp32" | "int8"
     name: str = "mhist-resnet18"
     version: str = "unregistered"
-    input_name: str = "input"
-    output_name: str = "logits"
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
     provenance: dict = field(default_factory=dict)  # mlflow run id, registered version, git commit
     metrics: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}}
     quantization: dict = field(default_factory=dict)  # int8 settings, empty for fp32
@@ -81,8 +85,8 @@ class ModelMetadata:
                 precision=ours["precision"],
                 name=ours.get("name", "mhist-resnet18"),
                 version=ours.get("version", "unregistered"),
-                input_name=ours.get("input_name", "input"),
-                output_name=ours.get("output_name", "logits"),
+                input_name=ours.get("input_name", INPUT_NAME),
+                output_name=ours.get("output_name", OUTPUT_NAME),
                 provenance=json.loads(ours.get("provenance", "{}")),
                 metrics=json.loads(ours.get("metrics", "{}")),
                 quantization=json.loads(ours.get("quantization", "{}")),

@@ -1,7 +1,7 @@
 """Prometheus metrics that stay correct under several gunicorn worker processes.
 
 prometheus_client picks its value storage at import time: when PROMETHEUS_MULTIPROC_DIR is
-set (services/gunicorn.conf.py sets it before any worker imports this), every process writes
+set (services/gunicorn_conf.py sets it before any worker imports this), every process writes
 its samples to mmap files in that folder and /metrics aggregates all of them; otherwise the
 values live in this process and /metrics shows them directly.
 """

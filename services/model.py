@@ -6,7 +6,6 @@ classes, threshold and preprocessing. onnxruntime + numpy only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -17,25 +16,14 @@ import numpy as np
 import onnxruntime as ort
 
 from services.errors import ModelLoadError, ServiceError
+from services.files import sha256_file
 from services.metadata import ModelMetadata
 from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess_bytes
+from services.settings import default_threads
 
 # Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
 # try to persist a device id there and warn in every worker. Nothing is sent from here anyway.
 ort.disable_telemetry_events()
-
-
-def default_threads(workers: int = 1) -> int:
-    """Intra-op threads so that workers × threads ≤ the CPUs this process may use.
-
-    `os.sched_getaffinity` honours cpusets (container CPU limits set with --cpuset-cpus);
-    onnxruntime itself would size its pool from all host cores.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, workers))
 
 
 def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
@@ -168,11 +156,7 @@ def _sha256_of_model(path: Path) -> str:
         raise ModelLoadError(f"model file {path} does not exist (set MODEL_PATH to an ONNX file)")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"model file {path} is empty (0 bytes)")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:

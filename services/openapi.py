@@ -1,8 +1,13 @@
-"""OpenAPI 3.0 description of exactly the routes the Flask app serves (a test compares them)."""
+"""OpenAPI 3.0 description of the app, generated from its url_map: a route added to any
+blueprint appears here (with its docstring as summary) without touching this file; the
+routes listed in `_OPERATIONS` get their request and response schemas too."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from flask import Flask
 
 from services.payload import BATCH_FIELD, IMAGE_FIELD, INSTANCES_FIELD
 
@@ -126,53 +131,80 @@ def _batch_body() -> dict[str, Any]:
     }}
 
 
-def _paths() -> dict[str, Any]:
-    open_route: dict[str, Any] = {"security": []}
-    return {
-        "/predict": {"post": {
-            "summary": "Classify one image (HP or SSA)", "operationId": "predict",
-            "requestBody": _predict_body(),
-            "responses": {"200": _json("The prediction.", _ref("Prediction")), **_ERRORS},
-        }},
-        "/predict/batch": {"post": {
-            "summary": "Classify several images; one result per image, in order",
-            "operationId": "predictBatch", "requestBody": _batch_body(),
-            "responses": {"200": _json("Per-item predictions or errors.",
-                                       _ref("BatchResponse")), **_ERRORS},
-        }},
-        "/health": {"get": {
-            "summary": "Liveness", "operationId": "health", **open_route,
-            "responses": {"200": _json("The process answers.", {"type": "object"})},
-        }},
-        "/ready": {"get": {
-            "summary": "Readiness: the model is loaded", "operationId": "ready", **open_route,
-            "responses": {"200": _json("Ready.", _ref("Ready")), "503": _ERRORS["503"]},
-        }},
-        "/metadata": {"get": {
-            "summary": "What the model file says about itself", "operationId": "metadata",
-            "responses": {"200": _json("Model metadata.", _ref("Metadata")),
-                          "401": _ERRORS["401"], "503": _ERRORS["503"]},
-        }},
-        "/metrics": {"get": {
-            "summary": "Prometheus metrics", "operationId": "metrics",
-            "responses": {"200": {"description": "Prometheus text exposition format.",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          "401": _ERRORS["401"]},
-        }},
-        "/openapi.json": {"get": {
-            "summary": "This document", "operationId": "openapi",
-            "responses": {"200": _json("OpenAPI document.", {"type": "object"}),
-                          "401": _ERRORS["401"]},
-        }},
-        "/": {"get": {
-            "summary": "Upload page", "operationId": "uploadPage", **open_route,
-            "responses": {"200": {"description": "HTML page.",
-                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-    }
+_OPEN: dict[str, Any] = {"security": []}
+# Details for the routes that have them, by endpoint. A route without an entry still appears,
+# described by its view's docstring: the paths come from the app's url_map, not from here.
+_OPERATIONS: dict[str, dict[str, Any]] = {
+    "api.predict": {
+        "requestBody": _predict_body(),
+        "responses": {"200": _json("The prediction.", _ref("Prediction")), **_ERRORS},
+    },
+    "api.predict_batch": {
+        "requestBody": _batch_body(),
+        "responses": {"200": _json("Per-item predictions or errors.", _ref("BatchResponse")),
+                      **_ERRORS},
+    },
+    "ops.health": {**_OPEN, "responses": {"200": _json("The process answers.",
+                                                        {"type": "object"})}},
+    "ops.ready": {**_OPEN, "responses": {"200": _json("Ready.", _ref("Ready")),
+                                         "503": _ERRORS["503"]}},
+    "ops.metadata": {"responses": {"200": _json("Model metadata.", _ref("Metadata")),
+                                   "401": _ERRORS["401"], "503": _ERRORS["503"]}},
+    "ops.metrics": {"responses": {
+        "200": {"description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "401": _ERRORS["401"]}},
+    "ops.openapi": {"responses": {"200": _json("OpenAPI document.", {"type": "object"}),
+                                  "401": _ERRORS["401"]}},
+    "ui.index": {**_OPEN, "responses": {"200": {
+        "description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}}},
+    "sagemaker.ping": {**_OPEN, "responses": {"200": {"description": "Ready (empty body)."},
+                                              "503": _ERRORS["503"]}},
+    "sagemaker.invocations": {
+        "requestBody": _predict_body(),
+        "responses": {"200": _json("The prediction, or per-item results for a JSON batch.",
+                                   {"oneOf": [_ref("Prediction"), _ref("BatchResponse")]}),
+                      "406": _error("Accept does not allow application/json."), **_ERRORS},
+    },
+}
+_SKIPPED_ENDPOINTS = frozenset({"static"})
+_IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
 
 
-def openapi_spec() -> dict[str, Any]:
+def _operation(endpoint: str, view: Any) -> dict[str, Any]:
+    doc = (getattr(view, "__doc__", None) or endpoint).strip()
+    lines = doc.splitlines()
+    described = {"summary": lines[0].rstrip("."), "operationId": _operation_id(endpoint)}
+    if len(lines) > 1:
+        described["description"] = " ".join(line.strip() for line in lines[1:]).strip()
+    default = {"responses": {"200": {"description": "OK"}, "4XX": _error("Client error.")}}
+    return {**described, **_OPERATIONS.get(endpoint, default)}
+
+
+def _operation_id(endpoint: str) -> str:
+    words = endpoint.replace(".", "_").split("_")
+    return words[0] + "".join(word.title() for word in words[1:])
+
+
+def openapi_path(rule: str) -> str:
+    """werkzeug's /items/<int:id> → OpenAPI's /items/{id}."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _paths(app: Flask) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint in _SKIPPED_ENDPOINTS:
+            continue
+        view = app.view_functions[rule.endpoint]
+        for method in sorted((rule.methods or set()) - _IMPLICIT_METHODS):
+            item = paths.setdefault(openapi_path(rule.rule), {})
+            item[method.lower()] = _operation(rule.endpoint, view)
+    return paths
+
+
+def openapi_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of exactly the routes `app` serves."""
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -181,7 +213,7 @@ def openapi_spec() -> dict[str, Any]:
             "description": "ONNX Runtime ResNet18 telling hyperplastic polyps (HP) from sessile "
                            "serrated adenomas (SSA) on H&E patches.",
         },
-        "paths": _paths(),
+        "paths": _paths(app),
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

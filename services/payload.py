@@ -1,8 +1,7 @@
 """HTTP request → image bytes: the one place every target decodes what a client sent.
 
-Flask (and Lambda, which wraps the same Flask app) pass a werkzeug `Request`; SageMaker, or any
-caller holding raw parts, passes `content_type` + `body` through `request_from_parts`, which
-builds a werkzeug `Request` so multipart is parsed by werkzeug's parser in every case.
+Every target runs the one Flask app, so every caller passes a werkzeug `Request` and multipart
+is always parsed by werkzeug's parser.
 
 Accepted for one image (`single_image`):
   multipart/form-data            file field `image` (exactly one file)
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
 from typing import Any
@@ -88,51 +86,6 @@ def batch_images(request: Request, max_batch: int = DEFAULT_MAX_BATCH) -> list[B
             f"The batch holds {len(items)} images; the limit is {max_batch} per request.",
         )
     return items
-
-
-def request_from_parts(
-    content_type: str | None, body: bytes, max_content_length: int | None = None
-) -> Request:
-    """A werkzeug Request for callers that hold only a Content-Type and the body bytes."""
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": "/",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-    }
-    if content_type:
-        environ["CONTENT_TYPE"] = content_type
-    request = Request(environ)
-    request.max_content_length = max_content_length
-    return request
-
-
-def single_image_from_parts(
-    content_type: str | None, body: bytes, max_content_length: int | None = None
-) -> bytes:
-    """`single_image` for raw parts (SageMaker /invocations, scripts)."""
-    return single_image(request_from_parts(content_type, body, max_content_length))
-
-
-def batch_images_from_parts(
-    content_type: str | None,
-    body: bytes,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_content_length: int | None = None,
-) -> list[BatchItem]:
-    """`batch_images` for raw parts."""
-    return batch_images(request_from_parts(content_type, body, max_content_length), max_batch)
 
 
 def decode_base64(text: str) -> bytes:

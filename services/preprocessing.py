@@ -7,7 +7,7 @@ model sees exactly the same pixels wherever it runs. numpy + Pillow only.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -39,23 +39,36 @@ class PreprocessSpec:
     layout: str = "NCHW"
     color: str = "RGB"
     pixel_max: float = 255.0  # inputs are divided by this before mean/std
-    resize: str = field(default="shorter_side_then_center_crop")
+    resize: str = "shorter_side_then_center_crop"  # the rule resize_and_crop applies
+
+    def __post_init__(self) -> None:
+        # Checked here, not only when reading a file: a spec this code cannot honour exactly
+        # must never reach a model, or serving would silently feed it other pixels.
+        if self.resize_size < self.size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than size {self.size}")
+        for name, value, supported in (
+            ("resize", self.resize, _RESIZERS),
+            ("interpolation", self.interpolation, _FILTERS),
+            ("layout", self.layout, ("NCHW",)),
+            ("color", self.color, ("RGB",)),
+        ):
+            if value not in supported:
+                raise ValueError(
+                    f"unsupported preprocessing {name} {value!r}; this code supports "
+                    f"{', '.join(supported)} (was the model exported by a newer version?)"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
+        """The spec stored in a model file; keys this version does not know are ignored."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
-        spec = cls(**known)
-        if spec.resize_size < spec.size:
-            raise ValueError(f"resize_size {spec.resize_size} is smaller than size {spec.size}")
-        if spec.interpolation not in _FILTERS or spec.layout != "NCHW" or spec.color != "RGB":
-            raise ValueError(f"unsupported preprocessing spec: {data}")
-        return spec
+        return cls(**known)
 
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -149,6 +162,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Resize and crop to a spec.size square by the spec's own rule (`spec.resize`)."""
+    return _RESIZERS[spec.resize](img, spec)
+
+
+def _shorter_side_then_center_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Shorter side → spec.resize_size, then a centred spec.size square (torchvision's rules)."""
     width, height = img.size
     short, long = (width, height) if width <= height else (height, width)
@@ -159,6 +177,9 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     top = round((new_h - spec.size) / 2.0)
     left = round((new_w - spec.size) / 2.0)
     return img.crop((left, top, left + spec.size, top + spec.size))
+
+
+_RESIZERS = {"shorter_side_then_center_crop": _shorter_side_then_center_crop}
 
 
 def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

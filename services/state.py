@@ -1,47 +1,71 @@
-"""The worker's model: loaded once in the factory, or reported as not ready.
+"""What one serving process holds: its settings, its model (or why there is none), its metrics.
 
 With MODEL_REQUIRED (the default) a load failure is raised from `create_app`, so a gunicorn
 worker cannot boot and the server exits non-zero. With MODEL_REQUIRED off the app starts
 anyway, /ready answers 503 and names the problem, and every /ready call retries the load at
-most once per `retry_seconds` — for a model volume that is mounted after the process starts.
+most once per MODEL_RETRY_SECONDS — for a model volume that is mounted after the process starts.
+
+Routes reach this through `runtime(current_app)`; it lives in `app.extensions`, so several apps
+can coexist in one process (tests) and no module imports the app module back.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+
+from flask import Flask
 
 from services.errors import ModelLoadError, ServiceError
+from services.metrics import Metrics
 from services.model import InferenceModel
+from services.settings import Settings
+
+_EXTENSION = "mhist"
 
 
 class ModelState:
     """Holds the InferenceModel of this process, or why there is none yet."""
 
-    def __init__(self, load_kwargs: dict[str, Any], retry_seconds: float = 5.0) -> None:
-        self._kwargs = load_kwargs
-        self._retry_seconds = retry_seconds
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._lock = threading.Lock()
         self._last_attempt = float("-inf")
         self.model: InferenceModel | None = None
         self.error: str | None = "the model has not been loaded yet"
 
+    def start(self) -> None:
+        """The load at start-up: raises when the model is required, else only records why."""
+        if not self._settings.model_path:
+            self.error = "MODEL_PATH is not set; point it at an exported ONNX file"
+            if self._settings.model_required:
+                raise ModelLoadError(self.error)
+        elif self._settings.model_required:
+            self.load()  # ModelLoadError: the worker must not boot without its model
+        else:
+            self.retry_if_due()
+
     def load(self) -> InferenceModel:
         """Load now; ModelLoadError on failure (the message also stays in `.error`)."""
+        settings = self._settings
         with self._lock:
             self._last_attempt = time.monotonic()
             try:
-                self.model = InferenceModel(**self._kwargs)
+                model = InferenceModel(settings.model_path or "", threads=settings.ort_threads,
+                                       spinning=settings.ort_spinning,
+                                       max_pixels=settings.max_image_pixels)
+                _check_digest(model, settings.model_sha256)
             except ModelLoadError as exc:
                 self.error = str(exc)
                 raise
-            self.error = None
-            return self.model
+            self.model, self.error = model, None
+            return model
 
     def retry_if_due(self) -> None:
         """Try again when not loaded and the last attempt is older than the retry interval."""
-        if self.model is None and time.monotonic() - self._last_attempt >= self._retry_seconds:
+        due = time.monotonic() - self._last_attempt >= self._settings.model_retry_seconds
+        if self.model is None and self._settings.model_path and due:
             try:
                 self.load()
             except ModelLoadError:
@@ -52,3 +76,27 @@ class ModelState:
         if self.model is None:
             raise ServiceError(503, "model_not_ready", f"The model is not ready: {self.error}")
         return self.model
+
+
+def _check_digest(model: InferenceModel, expected: str | None) -> None:
+    if expected and expected.lower() != model.sha256:
+        raise ModelLoadError(
+            f"{model.path} has sha256 {model.sha256}, but {expected} was expected (the "
+            "SageMaker archive's manifest.json): the file is corrupt or was edited; rebuild "
+            "the archive with `python sagemaker/package.py`"
+        )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    state: ModelState
+    metrics: Metrics
+
+
+def attach(app: Flask, runtime_: Runtime) -> None:
+    app.extensions[_EXTENSION] = runtime_
+
+
+def runtime(app: Flask) -> Runtime:
+    return app.extensions[_EXTENSION]

@@ -251,6 +251,13 @@ def test_dataset_uses_the_serving_preprocessing(pristine: Path) -> None:
         np.testing.assert_array_equal(tensor.numpy(), expected)
 
 
+def test_an_image_serving_would_refuse_is_a_dataset_error(folder: Path) -> None:
+    records = load_annotations(folder)[:1]
+    Image.new("RGB", (8, 8), (200, 120, 160)).save(records[0].path)  # under the 16 px minimum
+    for augment in (None, Augment()):
+        with pytest.raises(DatasetError, match=r"8x8 pixels.*Serving would refuse it too"):
+            MHISTDataset(records, PreprocessSpec(size=48, resize_size=48), augment)[0]
+
 def test_augmentation_is_seeded_and_changes_pixels(pristine: Path) -> None:
     records = load_annotations(pristine)[:6]
     spec = PreprocessSpec(size=64, resize_size=64)

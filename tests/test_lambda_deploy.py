@@ -8,6 +8,7 @@ here invokes the function.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +24,19 @@ from tests.support.moto import ACCOUNT_ID, REGION, MotoServer
 pytestmark = pytest.mark.aws
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASIC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+# Every path and method reaches the Flask app (its JSON 404/405 included): `ANY /{proxy+}`
+# does not match the bare root, hence `ANY /` for the upload page.
+PROXY_ROUTES = {"ANY /{proxy+}", "ANY /"}
+
+
+def load_deploy_module():
+    """lambda/deploy.py as a module (`lambda` is a keyword: no plain import)."""
+    spec = importlib.util.spec_from_file_location("lambda_deploy",
+                                                  REPO_ROOT / "lambda" / "deploy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
 
 
 def image_uri(name: str) -> str:
@@ -113,17 +127,19 @@ def assert_stack(moto: MotoServer, name: str, outputs: dict) -> None:
     assert integration["IntegrationType"] == "AWS_PROXY"
     assert integration["IntegrationUri"] == config["FunctionArn"]
     assert integration["PayloadFormatVersion"] == "2.0"
-    routes = {r["RouteKey"]: r["Target"] for r in apis.get_routes(ApiId=api["ApiId"])["Items"]}
+    items = apis.get_routes(ApiId=api["ApiId"])["Items"]
+    assert sorted(r["RouteKey"] for r in items) == sorted(PROXY_ROUTES)  # exactly, each once
     target = f"integrations/{integration['IntegrationId']}"
-    assert routes == {"POST /predict": target, "GET /health": target}
+    assert {r["RouteKey"]: r["Target"] for r in items} == dict.fromkeys(PROXY_ROUTES, target)
     (stage,) = apis.get_stages(ApiId=api["ApiId"])["Items"]
     assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
 
     (permission,) = json.loads(lam.get_policy(FunctionName=name)["Policy"])["Statement"]
     assert permission["Action"] == "lambda:InvokeFunction"
     assert permission["Principal"] == {"Service": "apigateway.amazonaws.com"}
-    source = f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api['ApiId']}/*"
-    assert permission["Condition"]["ArnLike"]["AWS:SourceArn"] == source  # that API only
+    # That API only, but every stage, method and path of it (apiId/STAGE/METHOD/PATH).
+    source = f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api['ApiId']}/*/*"
+    assert permission["Condition"]["ArnLike"]["AWS:SourceArn"] == source
 
     assert outputs == {
         "function_arn": config["FunctionArn"], "image_uri": image_uri(name),
@@ -143,6 +159,40 @@ def test_deploy_creates_the_stack_and_is_idempotent(moto, name):
     assert "created" not in second.stdout  # everything found and updated in place
     assert outputs_of(second) == outputs_of(first)
     assert_stack(moto, name, outputs_of(second))
+
+
+def test_redeploy_migrates_an_api_with_the_old_fixed_routes(moto, name):
+    """An API left by an older deploy (only POST /predict and GET /health, permission apiId/*,
+    a stray integration) ends up with exactly the proxy routes and one permission."""
+    outputs = outputs_of(run_script(moto, *deploy_args(name)))
+    apis, lam = moto.client("apigatewayv2"), moto.client("lambda")
+    api_id = outputs["api_id"]
+    (integration,) = apis.get_integrations(ApiId=api_id)["Items"]
+    for route in apis.get_routes(ApiId=api_id)["Items"]:
+        apis.delete_route(ApiId=api_id, RouteId=route["RouteId"])
+    target = f"integrations/{integration['IntegrationId']}"
+    for key in ("POST /predict", "GET /health"):
+        apis.create_route(ApiId=api_id, RouteKey=key, Target=target)
+    stray = apis.create_integration(
+        ApiId=api_id, IntegrationType="AWS_PROXY", PayloadFormatVersion="2.0",
+        IntegrationUri=outputs["function_arn"] + ":old", IntegrationMethod="POST")
+    apis.create_route(ApiId=api_id, RouteKey="ANY /", Target=f"integrations/"
+                      f"{stray['IntegrationId']}")  # the right key, the wrong target
+    lam.remove_permission(FunctionName=name, StatementId=f"apigateway-{api_id}")
+    lam.add_permission(FunctionName=name, StatementId=f"apigateway-{api_id}",
+                       Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
+                       SourceArn=f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api_id}/*")
+
+    migrated = run_script(moto, *deploy_args(name))
+    for stale in ("POST /predict", "GET /health"):
+        assert f"deleted stale route {stale}" in migrated.stdout
+    assert f"deleted unused integration {stray['IntegrationId']}" in migrated.stdout
+    assert outputs_of(migrated) == outputs
+    assert_stack(moto, name, outputs_of(migrated))
+
+    again = run_script(moto, *deploy_args(name))  # nothing left to migrate
+    assert "deleted" not in again.stdout and "created" not in again.stdout
+    assert_stack(moto, name, outputs_of(again))
 
 
 def test_redeploy_updates_configuration(moto, name):
@@ -216,10 +266,15 @@ def test_sam_template_passes_cfn_lint_and_matches_deploy():
     resources = document["Resources"]
     function = resources["ClassifierFunction"]["Properties"]
     assert function["PackageType"] == "Image"
-    routes = {f"{e['Properties']['Method']} {e['Properties']['Path']}"
-              for e in function["Events"].values()}
-    assert routes == {"POST /predict", "GET /health"}
-    assert {e["Properties"]["PayloadFormatVersion"] for e in function["Events"].values()} == {"2.0"}
+    events = list(function["Events"].values())
+    routes = [f"{e['Properties']['Method']} {e['Properties']['Path']}" for e in events]
+    assert sorted(routes) == sorted(PROXY_ROUTES)  # exactly the proxy routes, each once
+    assert set(load_deploy_module().ROUTES) == PROXY_ROUTES  # the same as deploy.py's
+    for event in events:  # each an HttpApi route of this API to the function (payload 2.0)
+        assert event["Type"] == "HttpApi"
+        assert event["Properties"]["ApiId"] == {"Ref": "HttpApi"}
+        assert event["Properties"]["PayloadFormatVersion"] == "2.0"
+    assert resources["HttpApi"]["Type"] == "AWS::Serverless::HttpApi"
     role = resources["ExecutionRole"]["Properties"]
     assert len(role["ManagedPolicyArns"]) == 1
     assert "AWSLambdaBasicExecutionRole" in json.dumps(role["ManagedPolicyArns"])

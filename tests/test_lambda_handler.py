@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from types import ModuleType
 
 import pytest
 
+from services.adapters.aws_lambda import app_of, event_shape
 from services.app import create_app
 from services.errors import ModelLoadError
+from services.hooks import access_log
+from services.settings import LAMBDA_MAX_CONTENT_LENGTH, SettingsError
+from services.state import runtime
 from tests.support.events import (
     EVENT_BUILDERS,
     make_alb_event,
@@ -25,10 +30,10 @@ from tests.support.events import (
 )
 from tests.support.lambda_local import LambdaContext, load_handler
 
-KINDS = {  # builder name → the kind the handler must decide
-    "rest_api": "api_gateway_v1",
-    "http_api": "api_gateway_v2",
-    "function_url": "function_url",
+SHAPES = {  # builder name → the event shape apig-wsgi (and the guard) must decide
+    "rest_api": "v1",
+    "http_api": "v2",
+    "function_url": "v2",
     "alb": "alb",
 }
 
@@ -36,7 +41,7 @@ KINDS = {  # builder name → the kind the handler must decide
 @pytest.fixture(scope="module")
 def lam(model_int8_path) -> ModuleType:
     return load_handler({"MODEL_PATH": str(model_int8_path), "CORS_ALLOW_ORIGINS": "",
-                         "EMF_METRICS": "0", "MAX_BODY_BYTES": ""})
+                         "EMF_METRICS": "0", "MAX_CONTENT_LENGTH": ""})
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +136,9 @@ def test_alb_multi_value_headers_answered_in_kind(lam, flask_client, sample_imag
     assert_shape(response, "alb", multi_value=True)
 
 
-def test_event_kind_is_decided_in_one_place(lam):
-    assert {name: lam.event_kind(build(method="GET", path="/health"))
-            for name, build in EVENT_BUILDERS.items()} == KINDS
+def test_event_shape_is_decided_in_one_place():
+    assert {name: event_shape(build(method="GET", path="/health"))
+            for name, build in EVENT_BUILDERS.items()} == SHAPES
 
 
 def test_client_request_id_is_kept(lam):
@@ -167,7 +172,8 @@ def test_unknown_route_and_wrong_method_are_json(lam, flask_client):
 
 def test_body_over_default_limit_is_413(lam):
     # Default limit 4.5 MB decoded: 4.6 MB arrives as ~6.1 MB of base64.
-    assert lam.SETTINGS.max_body_bytes == lam.DEFAULT_MAX_BODY_BYTES == 4_500_000
+    settings = runtime(app_of(lam.handler)).settings
+    assert settings.max_content_length == LAMBDA_MAX_CONTENT_LENGTH == 4_500_000
     data = b"\x89PNG" + b"\0" * 4_600_000
     for build in EVENT_BUILDERS.values():
         event = build(method="POST", path="/predict", body=data, binary=True,
@@ -177,7 +183,7 @@ def test_body_over_default_limit_is_413(lam):
 
 def test_configured_limit_counts_decoded_bytes(model_int8_path, sample_image_bytes):
     small = load_handler({"MODEL_PATH": str(model_int8_path),
-                          "MAX_BODY_BYTES": str(len(sample_image_bytes))})
+                          "MAX_CONTENT_LENGTH": str(len(sample_image_bytes))})
     fits = make_v2_event(method="POST", path="/predict", body=sample_image_bytes, binary=True,
                          headers={"Content-Type": "image/png"})
     assert call(small, fits)["statusCode"] == 200  # base64 text is longer; the bytes fit
@@ -273,42 +279,50 @@ def test_malformed_v2_event_names_the_field(lam):
     assert_error(call(lam, event), 400, "invalid_event")
 
 
-def test_minimal_v2_event_gets_defaults(lam):
-    """Optional 2.0 fields (headers, rawQueryString, sourceIp) may be absent."""
+def test_v2_event_without_what_aws_always_sends_names_the_field(lam):
+    """API Gateway and Function URLs always send sourceIp, protocol, rawQueryString, headers;
+    an event without them is not theirs: a 400 naming the first field missing."""
     event = {"version": "2.0", "rawPath": "/health",
              "requestContext": {"http": {"method": "GET"}}}
-    response = call(lam, event)
-    assert response["statusCode"] == 200
-    assert body_json(response) == {"status": "ok"}
+    body = assert_error(call(lam, event), 400, "invalid_event")
+    assert "requestContext.http.sourceIp" in body["error"]["message"]
 
 
 # --- logs, metrics, CORS ---------------------------------------------------------------------
 
-def invocation_lines(text: str) -> list[dict]:
-    lines = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
-    return [x for x in lines if x.get("event") == "invocation"]
+@pytest.fixture
+def log_lines():
+    """The JSON lines the app's access logger writes (stderr in Lambda, i.e. CloudWatch)."""
+    lines: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(record.getMessage()))
+
+    handler = Collect()
+    access_log.addHandler(handler)
+    yield lines
+    access_log.removeHandler(handler)
 
 
-def test_one_json_log_line_per_invocation(lam, capsys, sample_image_bytes):
-    capsys.readouterr()
+def test_one_json_log_line_per_invocation(lam, log_lines, sample_image_bytes):
     call(lam, make_v2_event(method="POST", path="/predict", body=sample_image_bytes, binary=True,
                             headers={"Content-Type": "image/png"}), request_id="aws-log-1")
     call(lam, {"not": "http"}, request_id="aws-log-2")
-    lines = invocation_lines(capsys.readouterr().out)
-    assert [x["aws_request_id"] for x in lines] == ["aws-log-1", "aws-log-2"]
-    assert [x["status"] for x in lines] == [200, 400]
-    assert all(x["latency_ms"] > 0 for x in lines)
-    assert lines[0]["kind"] == "api_gateway_v2" and lines[0]["inference_ms"] > 0
-    assert "_aws" not in lines[0]  # EMF off in this module
+    assert [x["request_id"] for x in log_lines] == ["aws-log-1", "aws-log-2"]
+    assert [x["status"] for x in log_lines] == [200, 400]
+    assert all(x["latency_ms"] > 0 and x["target"] == "lambda" for x in log_lines)
+    assert log_lines[0]["route"] == "/predict" and log_lines[0]["inference_ms"] > 0
+    assert log_lines[1]["error"] == "unsupported_event"
+    assert "_aws" not in log_lines[0]  # EMF off in this module
 
 
-def test_emf_metrics(model_int8_path, capsys, sample_image_bytes):
+def test_emf_metrics(model_int8_path, log_lines, sample_image_bytes):
     emf = load_handler({"MODEL_PATH": str(model_int8_path), "EMF_METRICS": "1",
                         "EMF_NAMESPACE": "TestNs", "AWS_LAMBDA_FUNCTION_NAME": "fn-under-test"})
-    capsys.readouterr()
     call(emf, make_v2_event(method="POST", path="/predict", body=sample_image_bytes,
                             binary=True, headers={"Content-Type": "image/png"}))
-    (line,) = invocation_lines(capsys.readouterr().out)
+    (line,) = log_lines
     directive = line["_aws"]["CloudWatchMetrics"][0]
     assert directive["Namespace"] == "TestNs"
     assert directive["Dimensions"] == [["FunctionName"]]
@@ -357,5 +371,5 @@ def test_init_fails_clearly_with_bad_model(tmp_path):
 
 
 def test_init_rejects_bad_limit(model_int8_path):
-    with pytest.raises(ValueError, match="MAX_BODY_BYTES"):
-        load_handler({"MODEL_PATH": str(model_int8_path), "MAX_BODY_BYTES": "lots"})
+    with pytest.raises(SettingsError, match="MAX_CONTENT_LENGTH='lots'"):
+        load_handler({"MODEL_PATH": str(model_int8_path), "MAX_CONTENT_LENGTH": "lots"})

@@ -118,3 +118,16 @@ def test_sixteen_bit_uses_the_full_range() -> None:
     black = (0.0 - np.array(spec.mean)) / np.array(spec.std)
     np.testing.assert_allclose(out[:, 24, 16], white, atol=1e-6)
     np.testing.assert_allclose(out[:, 4, 16], black, atol=1e-6)
+
+
+def test_a_stored_spec_is_honoured_or_refused() -> None:
+    """Every key of `mhist.preprocessing` means something: a file written before a key
+    existed, or with one this code does not know, still loads; a rule it cannot apply
+    exactly (another resize, layout or filter) is refused instead of silently ignored."""
+    stored = {**PreprocessSpec(size=64, resize_size=72).to_dict(), "added_later": 1}
+    assert stored["resize"] == "shorter_side_then_center_crop"
+    without_rule = {k: v for k, v in stored.items() if k != "resize"}
+    assert PreprocessSpec.from_dict(stored) == PreprocessSpec.from_dict(without_rule)
+    for key, value in (("resize", "stretch"), ("layout", "NHWC"), ("interpolation", "lanczos")):
+        with pytest.raises(ValueError, match=f"unsupported preprocessing {key} '{value}'"):
+            PreprocessSpec.from_dict({**stored, key: value})

@@ -180,7 +180,7 @@ def _body_object(kind: str) -> dict:
 
 
 def _over_limit(kind: str) -> dict:
-    # 6 MB of base64 (4.5 MB decoded + a bit): over the handler's default MAX_BODY_BYTES.
+    # 6 MB of base64 (4.5 MB decoded + a bit): over the lambda target's default MAX_CONTENT_LENGTH.
     body = base64.b64encode(b"\0" * 4_600_000).decode()
     return _predict_event(kind, body=body, isBase64Encoded=True)
 

@@ -38,7 +38,7 @@ LOAD_REQUESTS = 2000
 LOAD_CONCURRENCY = 8
 WARMUP_REQUESTS = 300
 RSS_TOLERANCE = 0.10
-FLASK_GRACE_S = 8  # services/gunicorn.conf.py graceful_timeout
+FLASK_GRACE_S = 8  # services/settings.py graceful_timeout
 SAGEMAKER_GRACE_S = 25  # sagemaker/serve GRACEFUL_TIMEOUT_S
 LOAD_NAMES = ("png-rgb-224", "jpeg-rgb-224", "webp-rgb-224", "png-rgba-256", "tiff-rgb-224",
               "bmp-rgb-224", "jpeg-exif-rotated-240x160", "png-l-300x200")
@@ -134,7 +134,7 @@ def _sagemaker_box(image: str, engine: str, port: int, model_dir: Path) -> Conta
     return start_container(image, network_host=True, host_port=port, engine=engine,
                            env={"SAGEMAKER_BIND_TO_PORT": str(port),
                                 "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
-                                "MHIST_GUNICORN_THREADS": "1", "MHIST_ORT_THREADS": "1"},
+                                "GUNICORN_THREADS": "1", "ORT_INTRA_OP_THREADS": "1"},
                            volumes=[f"{model_dir}:/opt/ml/model:ro"], command=["serve"])
 
 

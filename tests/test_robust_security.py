@@ -14,19 +14,19 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from awsdeploy.containers import REPO_ROOT
-from services.app import app_metrics, create_app
+from services.adapters.aws_lambda import app_of
+from services.state import runtime
+from services.targets import TARGETS
 from tests.support.containers import run_container, wait_for_http
 from tests.support.corpus import small_png
 from tests.support.images import built_image, image_user
 from tests.support.targets import (
-    LAMBDA_KINDS,
-    FlaskTarget,
+    TARGET_NAMES,
     LambdaTarget,
     Reply,
     Target,
     all_targets,
     lambda_reply,
-    load_lambda_module,
 )
 
 TOKEN = "robust-test-token-0123456789abcdef"  # test-only, not a secret
@@ -60,20 +60,19 @@ def _auth(value: str | None) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def token_targets(model_int8_path: Path) -> list[Target]:
-    app = create_app({"MODEL_PATH": str(model_int8_path), "API_TOKEN": TOKEN})
-    module = load_lambda_module(model_int8_path, env={"MHIST_API_TOKEN": TOKEN})
-    return [FlaskTarget(app), *(LambdaTarget(module, kind) for kind in LAMBDA_KINDS)]
+def token_targets(model_int8_path: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> list[Target]:
+    return all_targets(model_int8_path, tmp_path_factory.mktemp("token"),
+                       env={"MHIST_API_TOKEN": TOKEN})
 
 
 def _metrics_text(target: Target) -> str:
-    app = target.app if isinstance(target, FlaskTarget) else target.module.APP
-    return app_metrics(app).exposition()[0].decode()
+    app = app_of(target.module.handler) if isinstance(target, LambdaTarget) else target.app
+    return runtime(app).metrics.exposition()[0].decode()
 
 
 @pytest.mark.parametrize("auth", WRONG_AUTH, ids=lambda a: repr(a)[:24])
-@pytest.mark.parametrize("index", range(1 + len(LAMBDA_KINDS)),
-                         ids=["flask", *(f"lambda-{k}" for k in LAMBDA_KINDS)])
+@pytest.mark.parametrize("index", range(len(TARGET_NAMES)), ids=TARGET_NAMES)
 def test_token_required_and_no_inference_without_it(index: int, auth: str | None,
                                                     token_targets: list[Target]) -> None:
     target = token_targets[index]
@@ -86,8 +85,7 @@ def test_token_required_and_no_inference_without_it(index: int, auth: str | None
     assert _inference_count(_metrics_text(target)) == before
 
 
-@pytest.mark.parametrize("index", range(1 + len(LAMBDA_KINDS)),
-                         ids=["flask", *(f"lambda-{k}" for k in LAMBDA_KINDS)])
+@pytest.mark.parametrize("index", range(len(TARGET_NAMES)), ids=TARGET_NAMES)
 def test_probes_open_and_right_token_predicts(index: int, token_targets: list[Target]) -> None:
     target = token_targets[index]
     for path in ("/health", "/ready", "/"):
@@ -122,7 +120,7 @@ def test_token_in_the_flask_container(require_containers: str, model_int8_path: 
 # --- images: non-root, no credentials in any layer -----------------------------------------------
 
 @pytest.mark.container
-@pytest.mark.parametrize("target", ["flask", "lambda", "sagemaker"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_image_runs_as_non_root(target: str, require_containers: str,
                                 model_int8_path: Path) -> None:
     assert image_user(built_image(target, model_int8_path)) not in ("", "0")
@@ -165,7 +163,7 @@ def test_repository_has_no_aws_keys() -> None:
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("target", ["flask", "lambda", "sagemaker"])
+@pytest.mark.parametrize("target", list(TARGETS))
 def test_image_layers_have_no_aws_keys(target: str, require_containers: str,
                                        model_int8_path: Path, tmp_path: Path) -> None:
     tag = built_image(target, model_int8_path)
@@ -211,7 +209,7 @@ def _sample_replies(target: Target) -> list[tuple[str, Reply]]:
     return replies
 
 
-@pytest.mark.parametrize("name", ["flask", *(f"lambda-{k}" for k in LAMBDA_KINDS), "sagemaker"])
+@pytest.mark.parametrize("name", TARGET_NAMES)
 def test_every_response_has_nosniff(name: str, targets: dict[str, Target]) -> None:
     missing = [label for label, reply in _sample_replies(targets[name])
                if reply.headers.get("x-content-type-options") != "nosniff"]
@@ -231,7 +229,7 @@ def csp_directives(header: str) -> dict[str, list[str]]:
     return directives
 
 
-@pytest.mark.parametrize("name", ["flask", *(f"lambda-{k}" for k in LAMBDA_KINDS)])
+@pytest.mark.parametrize("name", TARGET_NAMES)
 def test_page_csp_allows_no_external_origin(name: str, targets: dict[str, Target]) -> None:
     reply = targets[name].request("GET", "/")
     assert reply.status == 200 and reply.headers["content-type"].startswith("text/html")

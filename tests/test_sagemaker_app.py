@@ -1,5 +1,6 @@
-"""SageMaker adapter in-process: the /ping, /invocations, /execution-parameters contract, the
-`serve` start-up checks, package.py, and the SDK not being shadowed by the sagemaker/ folder.
+"""SageMaker target in-process: the /ping, /invocations, /execution-parameters contract of the
+one app on the `sagemaker` target, SageMaker's settings, the `serve` start-up checks,
+package.py, and the SDK not being shadowed by the sagemaker/ folder.
 
 The model comes from the real pipeline (conftest: training → export), packaged by
 sagemaker/package.py and extracted as SageMaker does; the Flask service is the reference for
@@ -21,12 +22,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.app import create_app as create_flask_app
+from services.adapters.sagemaker import resolve_model
+from services.app import create_app
 from services.model import InferenceModel
+from services.settings import Settings, SettingsError
+from services.state import runtime
 from tests.support.sagemaker_files import (
     REPO_ROOT,
     SAGEMAKER_DIR,
-    load,
     package_and_extract,
     run_package,
     script_env,
@@ -43,23 +46,26 @@ def packaged(model_int8_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return {"archive": archive, "dir": folder}
 
 
-@pytest.fixture(scope="module")
-def loader():
-    return load("model_loader")
+def serve_folder(folder: Path, **overrides):
+    """The app a SageMaker worker builds for an extracted model folder (serve's resolution)."""
+    path, digest = resolve_model(folder)
+    return create_app({"TARGET": "sagemaker", "MODEL_PATH": str(path), "MODEL_SHA256": digest,
+                       "API_TOKEN": None, "ORT_THREADS": 1, **overrides})
+
+
+def served_model(folder: Path) -> InferenceModel:
+    return runtime(serve_folder(folder)).state.require()
 
 
 @pytest.fixture(scope="module")
-def sm_client(packaged: dict, loader):
-    settings = loader.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "3",
-                                         "MHIST_ORT_THREADS": "1"})
-    app = load("inference_app").create_app(packaged["dir"], settings=settings)
-    return app.test_client()
+def sm_client(packaged: dict):
+    return serve_folder(packaged["dir"], WORKERS=3).test_client()
 
 
 @pytest.fixture(scope="module")
 def flask_client(packaged: dict):
     """The Flask service on the same ONNX file: the reference JSON."""
-    app = create_flask_app({"MODEL_PATH": str(packaged["dir"] / "model.onnx"),
+    app = create_app({"MODEL_PATH": str(packaged["dir"] / "model.onnx"),
                             "API_TOKEN": None, "ORT_INTRA_OP_THREADS": 1})
     return app.test_client()
 
@@ -225,10 +231,10 @@ def test_body_over_the_default_6_mb_is_413(sm_client, sample_image_bytes: bytes)
     assert str(6 * MB) in body["error"]["message"]
 
 
-def test_payload_limit_follows_the_environment(packaged: dict, loader, sample_image_bytes) -> None:
-    settings = loader.Settings.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1",
-                                         "MHIST_ORT_THREADS": "1"})
-    client = load("inference_app").create_app(packaged["dir"], settings=settings).test_client()
+def test_payload_limit_follows_the_environment(packaged: dict, sample_image_bytes,
+                                              monkeypatch) -> None:
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")
+    client = serve_folder(packaged["dir"]).test_client()
     assert client.get("/execution-parameters").get_json()["MaxPayloadInMB"] == 1
     assert invoke(client, sample_image_bytes).status_code == 200
     assert_error(invoke(client, b"\0" * (MB + 1)), 413, "payload_too_large")
@@ -249,7 +255,7 @@ def test_custom_attributes_are_ignored(sm_client, flask_client, sample_image_byt
 
 
 def test_unknown_routes_and_methods_are_json(sm_client) -> None:
-    assert_error(sm_client.get("/predict"), 404, "not_found")
+    assert_error(sm_client.get("/no/such/route"), 404, "not_found")
     response = sm_client.get("/invocations")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["Allow"]
@@ -257,19 +263,23 @@ def test_unknown_routes_and_methods_are_json(sm_client) -> None:
 
 # --- settings and `serve` -----------------------------------------------------------------------
 
-def test_settings_defaults_and_overrides(loader) -> None:
-    defaults = loader.Settings.from_env({})
-    assert (defaults.port, defaults.timeout, defaults.max_payload_mb) == (8080, 60, 6)
-    assert str(defaults.model_dir) == "/opt/ml/model"
-    assert defaults.workers >= 1 and defaults.max_batch is None
-    custom = loader.Settings.from_env({"SAGEMAKER_BIND_TO_PORT": "9000",
-                                       "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
-                                       "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
-                                       "SM_MODEL_DIR": "/models"})
-    assert (custom.port, custom.workers, custom.timeout) == (9000, 4, 120)
-    assert loader.Settings.from_env(custom.to_env()) == custom
-    with pytest.raises(ValueError, match="SAGEMAKER_MODEL_SERVER_WORKERS='many'"):
-        loader.Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"})
+def test_settings_defaults_and_overrides() -> None:
+    defaults = Settings.from_env({"SERVING_TARGET": "sagemaker"})
+    assert (defaults.host, defaults.port, defaults.timeout) == ("0.0.0.0", 8080, 60)
+    assert (defaults.max_content_length, defaults.threads) == (6 * MB, 2)
+    assert defaults.model_dir == "/opt/ml/model" and defaults.workers >= 1
+    assert defaults.max_batch == Settings.from_env({}).max_batch  # the Flask service's too
+    custom = Settings.from_env({"SERVING_TARGET": "sagemaker", "SAGEMAKER_BIND_TO_PORT": "9000",
+                                "SAGEMAKER_MODEL_SERVER_WORKERS": "4",
+                                "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
+                                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2", "SM_MODEL_DIR": "/models",
+                                "PORT": "1234", "GUNICORN_THREADS": "3"})
+    assert (custom.port, custom.workers, custom.timeout) == (9000, 4, 120)  # SageMaker's win
+    assert (custom.max_content_length, custom.model_dir, custom.threads) == (
+        2 * MB, "/models", 3)
+    with pytest.raises(SettingsError, match="SAGEMAKER_MODEL_SERVER_WORKERS='many'"):
+        Settings.from_env({"SERVING_TARGET": "sagemaker",
+                           "SAGEMAKER_MODEL_SERVER_WORKERS": "many"})
 
 
 def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -298,7 +308,7 @@ def _bad_model_dir(tmp_path: Path, kind: str, model_path: Path) -> Path:
     ("missing", "does not exist"),
     ("empty", "no model.onnx"),
     ("garbage", "not a loadable ONNX model"),
-    ("sha-mismatch", "manifest.json says"),
+    ("sha-mismatch", "was expected (the SageMaker archive's manifest.json)"),
 ])
 def test_serve_refuses_to_start_without_a_good_model(tmp_path: Path, model_int8_path: Path,
                                                      kind: str, message: str) -> None:
@@ -313,7 +323,8 @@ def test_serve_rejects_a_bad_setting(packaged: dict) -> None:
     result = run_serve({"SM_MODEL_DIR": str(packaged["dir"]),
                         "SAGEMAKER_BIND_TO_PORT": "eighty"})
     assert result.returncode == 2
-    assert "SAGEMAKER_BIND_TO_PORT='eighty' is not a positive integer" in result.stderr
+    assert ("SAGEMAKER_BIND_TO_PORT='eighty' is not valid: expected a positive integer"
+            in result.stderr)
 
 
 # --- the SDK is not shadowed --------------------------------------------------------------------
@@ -342,7 +353,7 @@ def test_sagemaker_folder_never_shadows_the_sdk() -> None:
 
 # --- package.py ---------------------------------------------------------------------------------
 
-def test_package_round_trip(packaged: dict, model_int8_path: Path, loader,
+def test_package_round_trip(packaged: dict, model_int8_path: Path,
                             sample_image_bytes: bytes, tmp_path: Path) -> None:
     with tarfile.open(packaged["archive"]) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -355,7 +366,7 @@ def test_package_round_trip(packaged: dict, model_int8_path: Path, loader,
     assert manifest["size_bytes"] == len(source_bytes)
     assert manifest["model_file"] == "model.onnx" and manifest["source"]["kind"] == "file"
     assert manifest["metadata"]["precision"] == "int8"
-    served = loader.load_model(packaged["dir"], threads=1)
+    served = served_model(packaged["dir"])
     assert served.predict_bytes(sample_image_bytes) == InferenceModel(
         model_int8_path, threads=1).predict_bytes(sample_image_bytes)
     # Same model, same bytes: re-uploading an unchanged model changes nothing in S3.
@@ -364,7 +375,7 @@ def test_package_round_trip(packaged: dict, model_int8_path: Path, loader,
     assert again.read_bytes() == packaged["archive"].read_bytes()
 
 
-def test_package_from_the_mlflow_registry(exported: dict, model_int8_path: Path, loader,
+def test_package_from_the_mlflow_registry(exported: dict, model_int8_path: Path,
                                           sample_image_bytes: bytes, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
@@ -381,7 +392,7 @@ def test_package_from_the_mlflow_registry(exported: dict, model_int8_path: Path,
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["model_uri"] == f"models:/mhist-resnet18-onnx/{newest_int8}"
     assert manifest["source"]["precision"] == "int8"
-    served = loader.load_model(folder, threads=1)
+    served = served_model(folder)
     reference = InferenceModel(model_int8_path, threads=1).predict_bytes(sample_image_bytes)
     prediction = served.predict_bytes(sample_image_bytes)
     assert prediction["label"] == reference["label"]

@@ -1,7 +1,7 @@
 """The service under a real gunicorn on 127.0.0.1: graceful SIGTERM, several workers, start-up.
 
 Run exactly as documented:
-    MODEL_PATH=... gunicorn -c services/gunicorn.conf.py "services.app:create_app()"
+    MODEL_PATH=... gunicorn -c python:services.gunicorn_conf "services.app:create_app()"
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from services.model import InferenceModel
 from tests.support.containers import free_port, wait_for_http
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "services/gunicorn.conf.py",
-            "services.app:create_app()"]
+GUNICORN = [sys.executable, "-m", "services.server"]
 
 
 @dataclass

@@ -11,7 +11,6 @@ seeded validation split of the train partition (`split_train_val`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import warnings
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from services.preprocessing import PreprocessSpec, normalize, resize_and_crop, to_rgb
+from services.errors import ServiceError
+from services.files import sha256_file
+from services.preprocessing import (
+    PreprocessSpec,
+    decode_image,
+    preprocess,
+    preprocess_bytes,
+    to_rgb,
+)
 from training import CLASSES
 from training.sample_data import MARKER_FILE, README_FIRST_LINE
 
@@ -243,7 +250,7 @@ def is_synthetic(data_dir: str | Path) -> bool:
 
 
 def annotations_sha256(data_dir: str | Path) -> str:
-    return hashlib.sha256((Path(data_dir) / "annotations.csv").read_bytes()).hexdigest()
+    return sha256_file(Path(data_dir) / "annotations.csv")
 
 
 def synthetic_info(data_dir: str | Path) -> dict | None:
@@ -280,8 +287,10 @@ class Augment:
 class MHISTDataset:
     """torch-style Dataset: (tensor (3, S, S) float32, target int) per record.
 
-    Decoding and preprocessing are the serving code's (services.preprocessing); augmentation,
-    when given, runs on the RGB image before the resize and crop, for the train split only.
+    Decoding and preprocessing are the serving code's (services.preprocessing): without
+    augmentation (validation, test) an item is exactly what serving computes from the file's
+    bytes. Augmentation, when given (train split only), runs on the decoded RGB image before
+    the serving preprocessing.
     """
 
     def __init__(
@@ -298,12 +307,21 @@ class MHISTDataset:
         import torch
 
         record = self.records[index]
-        with Image.open(record.path) as img:
-            img.load()  # decode now: the file closes at the end of this block
-            rgb = to_rgb(img)
-        if self.augment is not None:
-            rgb = self.augment(rgb)
-        array = normalize(resize_and_crop(rgb, self.spec), self.spec)  # (3, S, S) float32
+        data = record.path.read_bytes()
+        try:
+            if self.augment is None:
+                array = preprocess_bytes(data, self.spec)  # (3, S, S) float32, as served
+            else:
+                # preprocess_bytes with the augmentation between decoding and preprocess
+                # (whose own to_rgb is then a no-op on the augmented RGB image).
+                rgb = self.augment(to_rgb(decode_image(data)))
+                array = preprocess(rgb, self.spec)  # (3, S, S) float32
+        except ServiceError as exc:
+            # An image serving would refuse with a 4xx; DatasetError survives DataLoader workers.
+            raise DatasetError(
+                f"{record.path}: {exc.message} Serving would refuse it too: fix or remove it "
+                "from annotations.csv"
+            ) from None
         return torch.from_numpy(array), record.target
 
     @property

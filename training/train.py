@@ -9,12 +9,6 @@ train_one_epoch(), evaluate() -> dict, and small builders for data, model, optim
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python training/train.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import os
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. With DataLoader
@@ -23,14 +17,15 @@ import os
 # variable yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # after the sys.path fix and the OpenMP setting above, like every import below
+import argparse  # after the OpenMP setting above, like every import below
 import json
 import random
-import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,9 +56,8 @@ from training.metrics import (
     select_threshold,
 )
 from training.model import ARCHITECTURE, WeightsError, build_model
+from training.provenance import DEFAULT_TRACKING_URI, git_commit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SYNTHETIC_WARNING = (
     "SYNTHETIC data (training.sample_data): these numbers test the pipeline, "
     "they say nothing about real polyps"
@@ -375,15 +369,6 @@ def _epoch_line(epoch, epochs, train, val, best, seconds) -> str:
 
 
 # ---------------------------------------------------------------- MLflow bookkeeping
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None  # not a git checkout, git missing, or no commit yet
-    return out.stdout.strip() or None
 
 
 def absolute_tracking_uri(uri: str) -> str:

@@ -11,26 +11,27 @@ module that builds the same image itself reuses the engine's layer cache.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 from awsdeploy import containers, images
+from services.files import sha256_file
+from services.targets import TARGETS
 
 _built: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 
 
 def image_tag(target: str) -> str:
-    return f"localhost/{images.TARGETS[target].tag}:test"
+    return f"localhost/{TARGETS[target].image}:test"
 
 
 def built_image(target: str, model_path: str | Path) -> str:
     """The tag of `target`'s image serving `model_path` (SageMaker's reads it at run time)."""
-    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
-    key = (target, digest if images.TARGETS[target].takes_model else "")
+    digest = sha256_file(model_path)
+    key = (target, digest if TARGETS[target].bakes_model else "")
     with _lock:
         if key not in _built:
             _built[key] = _build(target, Path(model_path), digest)

@@ -1,13 +1,13 @@
-"""The three serving targets, in process, behind one request interface for cross-target tests.
+"""The serving targets of services/targets.py, in process, behind one request interface.
 
     flask = FlaskTarget(create_app({"MODEL_PATH": str(model)}))
     aws = LambdaTarget(load_lambda_module(model), "http_api")     # rest_api, function_url, alb
     sm = SageMakerTarget(load_sagemaker_app(model, tmp_path))
     reply = flask.post("predict", {"Content-Type": "image/png"}, png)   # Reply(status, ...)
 
-Lambda requests go through the real `handler(event, context)` with events from
-tests/support/events.py; SageMaker's app is loaded by file path (the `sagemaker/` folder is
-not a package and must never shadow the SDK).
+Lambda requests go through the real `handler(event, context)` of lambda/handler.py with events
+from tests/support/events.py; SageMaker's app is the one app with the `sagemaker` target,
+serving a model folder as SageMaker extracts it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tests.support import sagemaker_files
+from services.adapters.sagemaker import resolve_model
+from services.targets import TARGETS
 from tests.support.events import EVENT_BUILDERS
 from tests.support.lambda_local import LambdaContext, load_handler
 
@@ -51,12 +52,18 @@ class Reply:
 
 
 class Target:
-    """A target answering HTTP-like requests; `family` is flask, lambda or sagemaker."""
+    """A target answering HTTP-like requests; `family` is a name in services.targets.TARGETS."""
 
     family = ""
     name = ""
-    predict_path = "/predict"
-    health_path = "/health"
+
+    @property
+    def predict_path(self) -> str:
+        return TARGETS[self.family].predict_path
+
+    @property
+    def health_path(self) -> str:
+        return TARGETS[self.family].health_path
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None = None,
                 body: bytes = b"") -> Reply:
@@ -87,8 +94,6 @@ class FlaskTarget(Target):
 
 class SageMakerTarget(FlaskTarget):
     family = name = "sagemaker"
-    predict_path = "/invocations"
-    health_path = "/ping"
 
 
 class LambdaTarget(Target):
@@ -164,8 +169,8 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
 
 
 # Variables a developer's shell could hold that would change what INIT builds.
-_LAMBDA_ENV_RESET = ("MHIST_API_TOKEN", "MAX_BODY_BYTES", "CORS_ALLOW_ORIGINS", "EMF_METRICS",
-                     "PROMETHEUS_MULTIPROC_DIR")
+_LAMBDA_ENV_RESET = ("MHIST_API_TOKEN", "MAX_CONTENT_LENGTH", "CORS_ALLOW_ORIGINS",
+                     "EMF_METRICS", "PROMETHEUS_MULTIPROC_DIR", "SERVING_TARGET")
 
 
 def load_lambda_module(model_path: str | os.PathLike,
@@ -183,21 +188,45 @@ def sagemaker_model_dir(model_path: str | os.PathLike, folder: Path) -> Path:
 
 
 def load_sagemaker_app(model_path: str | os.PathLike, folder: Path,
-                       env: Mapping[str, str] | None = None) -> Any:
-    """The SageMaker Flask app (inference_app.create_app) serving `model_path`."""
-    loader = sagemaker_files.load("model_loader")
-    app_module = sagemaker_files.load("inference_app")
-    settings = loader.Settings.from_env(dict(env or {}))
-    return app_module.create_app(sagemaker_model_dir(model_path, folder), settings=settings)
-
-
-def all_targets(model_path: str | os.PathLike, work: Path) -> list[Target]:
-    """Flask, Lambda under each event kind, and SageMaker, all serving `model_path`."""
+                       env: Mapping[str, Any] | None = None) -> Any:
+    """The one app as SageMaker's workers build it: target sagemaker, the model resolved from
+    a model folder (and its manifest's sha256, when it has one) by the SageMaker adapter."""
+    path, digest = resolve_model(sagemaker_model_dir(model_path, folder))
     from services.app import create_app
 
-    lambda_module = load_lambda_module(model_path)
-    return [
-        FlaskTarget(create_app({"MODEL_PATH": str(model_path), "API_TOKEN": None})),
-        *(LambdaTarget(lambda_module, kind) for kind in LAMBDA_KINDS),
-        SageMakerTarget(load_sagemaker_app(model_path, work / "sagemaker-model")),
-    ]
+    return create_app({"TARGET": "sagemaker", "MODEL_PATH": str(path), "MODEL_SHA256": digest,
+                       "API_TOKEN": None, **(env or {})})
+
+
+def _flask(model_path: str | os.PathLike, work: Path) -> list[Target]:
+    from services.app import create_app
+
+    return [FlaskTarget(create_app({"MODEL_PATH": str(model_path)}))]
+
+
+def _lambda(model_path: str | os.PathLike, work: Path) -> list[Target]:
+    module = load_lambda_module(model_path, env=dict(os.environ))
+    return [LambdaTarget(module, kind) for kind in LAMBDA_KINDS]
+
+
+def _sagemaker(model_path: str | os.PathLike, work: Path) -> list[Target]:
+    return [SageMakerTarget(load_sagemaker_app(model_path, work / "sagemaker-model",
+                                               {"API_TOKEN": os.environ.get("MHIST_API_TOKEN")}))]
+
+
+# How to run each registry entry in this process (its adapter, called as the platform does).
+IN_PROCESS = {"flask": _flask, "lambda": _lambda, "sagemaker": _sagemaker}
+# Every in-process target by name, in registry order: lambda once per event kind.
+TARGET_NAMES = [name for entry in TARGETS.values() for name in (
+    [f"lambda-{kind}" for kind in LAMBDA_KINDS] if entry.protocol == "lambda-runtime"
+    else [entry.name])]
+
+
+def all_targets(model_path: str | os.PathLike, work: Path,
+                env: Mapping[str, str | None] | None = None) -> list[Target]:
+    """Every target of services.targets, in process, serving `model_path`, built with the
+    environment variables `env` (e.g. {"MHIST_API_TOKEN": ...}) on top of a clean one."""
+    missing = set(TARGETS) - set(IN_PROCESS)
+    assert not missing, f"no in-process runner for serving target(s) {missing}"
+    with patched_environ({**dict.fromkeys(_LAMBDA_ENV_RESET), **(env or {})}):
+        return [target for name in TARGETS for target in IN_PROCESS[name](model_path, work)]

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from services.app import app_metrics, model_state
 from services.openapi import openapi_spec
+from services.state import runtime
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/health")
-def health():
+def health() -> Response:
     """Liveness: the process answers. Says nothing about the model (that is /ready)."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/ready")
-def ready():
-    state = model_state(current_app)
+def ready() -> Response:
+    """Readiness: the model is loaded (503 naming the load error otherwise)."""
+    state = runtime(current_app).state
     state.retry_if_due()
-    model = state.require()  # 503 model_not_ready with the load error
+    model = state.require()
     meta = model.metadata
     return jsonify({
         "status": "ready",
@@ -30,16 +31,19 @@ def ready():
 
 
 @bp.get("/metadata")
-def metadata():
-    return jsonify(model_state(current_app).require().describe())
+def metadata() -> Response:
+    """What the model file says about itself."""
+    return jsonify(runtime(current_app).state.require().describe())
 
 
 @bp.get("/metrics")
-def metrics():
-    body, content_type = app_metrics(current_app).exposition()
+def metrics() -> Response:
+    """Prometheus metrics."""
+    body, content_type = runtime(current_app).metrics.exposition()
     return Response(body, content_type=content_type)
 
 
 @bp.get("/openapi.json")
-def openapi():
-    return jsonify(openapi_spec())
+def openapi() -> Response:
+    """This API's OpenAPI document, generated from the app's routes."""
+    return jsonify(openapi_spec(current_app))

@@ -1,24 +1,20 @@
-"""gunicorn settings for the MHIST Flask service (read by `gunicorn -c services/gunicorn.conf.py`).
+"""The one gunicorn configuration, for the Flask container and the SageMaker container alike.
 
-    MODEL_PATH=artifacts/model.int8.onnx .venv/bin/gunicorn -c services/gunicorn.conf.py \
-        "services.app:create_app()"
+    MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.server
 
-Environment: PORT (8000), HOST (127.0.0.1; the image sets 0.0.0.0), WEB_CONCURRENCY (workers,
-default = usable CPUs capped at 4), GUNICORN_THREADS (1 = sync worker), GUNICORN_TIMEOUT (30),
-GUNICORN_GRACEFUL_TIMEOUT (8), GUNICORN_KEEPALIVE (5), GUNICORN_MAX_REQUESTS (0 = never
-recycle), ORT_INTRA_OP_THREADS (default: CPUs // (workers × threads), at least 1),
-PROMETHEUS_MULTIPROC_DIR (default: a fresh temporary folder).
+Every value comes from `services.settings.Settings` (the README's settings table), so the
+server and the app agree on workers, threads and ORT threads; a bad value stops the master
+with one line naming the variable. On the `sagemaker` target SageMaker's own variables
+(SAGEMAKER_BIND_TO_PORT, SAGEMAKER_MODEL_SERVER_WORKERS, ...) are read instead.
 
 Why these choices:
 - preload_app off: each worker builds its own onnxruntime session after the fork (ORT's thread
   pools do not survive fork, and a per-worker session keeps workers independent).
-- One worker per CPU with one ORT thread each beats one worker with many threads for
-  throughput on small machines, and avoids oversubscription: workers × threads × ORT threads
-  ≤ CPUs. ORT would otherwise size its pool from the host's cores, not the container's quota.
+- workers × threads × ORT threads ≤ CPUs (Settings sizes ORT threads so): no oversubscription,
+  and ORT would otherwise size its pool from the host's cores, not the container's quota.
 - SIGTERM: each worker closes its listening socket first (new connections are refused), then
-  finishes its in-flight request (services/gunicorn_sigterm.py).
-- graceful_timeout 8 s fits inside the 10 s that `docker stop` / `podman stop` wait before
-  SIGKILL: in-flight requests finish, then the worker exits.
+  finishes its in-flight request (services/gunicorn_sigterm.py); graceful_timeout (8 s, 25 s on
+  SageMaker) fits inside the 10 s of `docker stop` and the 30 s SageMaker waits before SIGKILL.
 - A missing or empty model file stops the master before it forks, with one clear line and
   exit status 1; a file that is not a valid exported model stops every worker at boot and
   gunicorn exits with status 3. /ready is 503 only when MODEL_REQUIRED=0 lets the app start.
@@ -32,30 +28,23 @@ import sys
 import tempfile
 
 from services.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
+from services.settings import Settings, SettingsError
 
-_ENV = os.environ
+try:
+    _SETTINGS = Settings.from_env()
+except SettingsError as _exc:
+    # One line, not gunicorn's "Failed to read config file" traceback.
+    print(f"mhist: cannot start: {_exc}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
-
-def _env_int(name: str, default: int) -> int:
-    raw = _ENV.get(name, "")
-    return int(raw) if raw.strip() else default
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-bind = f"{_ENV.get('HOST', '127.0.0.1')}:{_env_int('PORT', 8000)}"
-workers = _env_int("WEB_CONCURRENCY", min(_usable_cpus(), 4))
-threads = _env_int("GUNICORN_THREADS", 1)
-worker_class = "gthread" if threads > 1 else "sync"
-timeout = _env_int("GUNICORN_TIMEOUT", 30)
-graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 8)
-keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
+bind = f"{_SETTINGS.host}:{_SETTINGS.port}"
+workers = _SETTINGS.workers
+threads = _SETTINGS.threads
+worker_class = _SETTINGS.worker_class
+timeout = _SETTINGS.timeout
+graceful_timeout = min(_SETTINGS.graceful_timeout, _SETTINGS.timeout)
+keepalive = _SETTINGS.keepalive
+max_requests = _SETTINGS.max_requests
 max_requests_jitter = max_requests // 10
 preload_app = False
 # gunicorn ≥ 25 opens a control socket in $HOME by default: unused here, and parallel servers
@@ -64,13 +53,13 @@ control_socket_disable = True
 # The app writes one JSON line per request itself; gunicorn's own access log would duplicate it.
 accesslog = None
 errorlog = "-"
-loglevel = _ENV.get("GUNICORN_LOGLEVEL", "info")
+loglevel = _SETTINGS.log_level
 # Worker heartbeats on tmpfs: a container's overlay /tmp can stall them under disk load.
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 # prometheus_client chooses per-process files at import time, so the folder must be in the
 # environment before any worker imports services.metrics: set it here, in the master.
-_OWN_PROMETHEUS_DIR = not _ENV.get("PROMETHEUS_MULTIPROC_DIR")
+_OWN_PROMETHEUS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_PROMETHEUS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mhist-prometheus-")
 
@@ -85,9 +74,9 @@ def on_starting(server) -> None:
     the ModelLoadError message as the last line of each worker's log.
     """
     _clear_folder(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    if os.environ.get("MODEL_REQUIRED", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not _SETTINGS.model_required:
         return
-    problem = _model_file_problem(os.environ.get("MODEL_PATH", ""))
+    problem = _model_file_problem(_SETTINGS.model_path or "")
     if problem:
         _fail(server, problem)
 
@@ -105,12 +94,8 @@ def _model_file_problem(path: str) -> str | None:
 
 
 def post_fork(server, worker) -> None:
-    """Worker, before the app is imported: size ORT threads from the final worker settings."""
-    if not os.environ.get("ORT_INTRA_OP_THREADS"):
-        per_worker = max(1, _usable_cpus() // max(1, server.cfg.workers * server.cfg.threads))
-        os.environ["ORT_INTRA_OP_THREADS"] = str(per_worker)
-    server.log.info("worker %s: ORT intra-op threads %s", worker.pid,
-                    os.environ["ORT_INTRA_OP_THREADS"])
+    server.log.info("worker %s: %s worker, ORT intra-op threads %s", worker.pid,
+                    _SETTINGS.worker_class, _SETTINGS.ort_threads)
 
 
 def child_exit(server, worker) -> None:

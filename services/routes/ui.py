@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Response, current_app
 
 bp = Blueprint("ui", __name__)
 
 
 @bp.get("/")
-def index():
+def index() -> Response:
+    """Upload page: drop an image, see the label and the probabilities."""
     return current_app.send_static_file("index.html")

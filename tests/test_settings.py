@@ -1,0 +1,82 @@
+"""The one settings object: every variable parsed in one place, one-line errors, one table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from services.settings import Settings, SettingsError, default_threads, variables
+from tests.conftest import REPO_ROOT
+
+BAD_VALUES = {  # variable → a value it must refuse
+    "MODEL_REQUIRED": "2",  # once read as "required" by gunicorn and "optional" by the app
+    "MODEL_RETRY_SECONDS": "soon",
+    "MAX_CONTENT_LENGTH": "10MB",
+    "MAX_BATCH": "0",
+    "MAX_IMAGE_PIXELS": "-5",
+    "PORT": "eighty",
+    "WEB_CONCURRENCY": "abc",
+    "GUNICORN_THREADS": "1.5",
+    "GUNICORN_TIMEOUT": "",  # empty means "default", so this one is accepted: skipped below
+    "GUNICORN_MAX_REQUESTS": "-1",
+    "LOG_LEVEL": "loud",
+    "ORT_INTRA_OP_THREADS": "all",
+    "ORT_SPINNING": "maybe",
+    "EMF_METRICS": "sometimes",
+    "SERVING_TARGET": "kubernetes",
+}
+
+
+@pytest.mark.parametrize("variable", [v for v, raw in BAD_VALUES.items() if raw])
+def test_a_bad_value_is_one_line_naming_the_variable(variable: str) -> None:
+    raw = BAD_VALUES[variable]
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({variable: raw})
+    message = str(info.value)
+    assert message.startswith(f"{variable}={raw!r} is not valid: expected ")
+    assert "\n" not in message
+
+
+def test_empty_means_default_and_overrides_win() -> None:
+    assert Settings.from_env({"GUNICORN_TIMEOUT": ""}).timeout == 30
+    settings = Settings.from_env({"MAX_BATCH": "4"}, {"MAX_BATCH": 8, "MHIST_API_TOKEN": "t"})
+    assert (settings.max_batch, settings.api_token) == (8, "t")
+    with pytest.raises(SettingsError, match="unknown setting"):
+        Settings.from_env({}, {"MAX_BATHC": 8})
+
+
+def test_ort_threads_follow_the_worker_layout() -> None:
+    layout = Settings.from_env({"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "1"})
+    assert layout.ort_threads == default_threads(1)
+    assert Settings.from_env({"ORT_INTRA_OP_THREADS": "3"}).ort_threads == 3
+
+
+def test_each_target_reads_the_same_knob_under_one_name() -> None:
+    env = {"GUNICORN_THREADS": "3", "MAX_BATCH": "5", "ORT_INTRA_OP_THREADS": "1"}
+    for target in ("http", "lambda", "sagemaker"):
+        settings = Settings.from_env({**env, "SERVING_TARGET": target})
+        assert (settings.threads, settings.max_batch, settings.ort_threads) == (3, 5, 1)
+
+
+def test_readme_table_lists_every_variable() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("### Serving settings"):]
+    table = table[:table.index("\n### ")]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    ours = {env for env, _ in variables().values()}
+    sagemakers = {sm for _, sm in variables().values() if sm}
+    assert ours - {"AWS_LAMBDA_FUNCTION_NAME", "MODEL_SHA256"} <= documented
+    assert sagemakers <= documented
+
+
+def test_gunicorn_refuses_a_bad_setting_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.server"], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=60, env={"PATH": "/usr/bin:/bin", "WEB_CONCURRENCY": "abc",
+                         "MODEL_PATH": "/nonexistent.onnx"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "mhist: cannot start: WEB_CONCURRENCY='abc' is not valid: expected a positive integer")
