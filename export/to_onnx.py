@@ -5,7 +5,9 @@
     python export/to_onnx.py --checkpoint artifacts/best.pt --no-mlflow
 
 Writes OUT/model.onnx, OUT/model.int8.onnx and OUT/export_report.json. Each ONNX file carries
-its classes, threshold, preprocessing, precision, provenance and metrics as metadata.
+its classes, threshold, preprocessing, precision, provenance and metrics as metadata. Both gates
+read the validation split training held out (re-derived from the seed stored with the model);
+the test partition is evaluated last, for the report only (export/splits.py).
 """
 
 from __future__ import annotations
@@ -34,10 +36,18 @@ from export.quantize import (
     quantize_int8,
 )
 from export.source import ModelSource, from_checkpoint, from_mlflow
+from export.splits import (
+    CALIBRATION_SPLIT,
+    GATE_SPLIT,
+    REPORT_SPLIT,
+    ExportSplits,
+    training_splits,
+)
 from services.files import sha256_file
 from services.metadata import ModelMetadata
 from services.model import InferenceModel
 from services.preprocessing import PreprocessSpec
+from training import input_mpp
 from training.data import DatasetError, load_annotations
 from training.provenance import DEFAULT_TRACKING_URI, git_commit
 
@@ -62,9 +72,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=None,
-        help="MHIST folder for parity, calibration and evaluation (default: the training run's)",
+        help="MHIST folder the model was trained on: its validation split feeds the gates, the "
+        "rest of train calibrates INT8, test is evaluated last (default: the training run's)",
     )
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output folder")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="microns per pixel of the network input, stored as mhist.mpp for whole-slide "
+        "inference (default: the training run's --mpp, else MHIST's 2.0 µm/px × 224 / input size)",
+    )
     p.add_argument(
         "--tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
@@ -84,7 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=True,
         help="log and register the ONNX files in MLflow",
     )
-    p.add_argument("--parity-images", type=int, default=32, help="test images for the parity gate")
+    p.add_argument(
+        "--parity-images", type=int, default=32, help="validation images for the parity gate"
+    )
     p.add_argument(
         "--parity-tolerance",
         type=float,
@@ -92,7 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="max abs difference of probabilities, ONNX FP32 vs PyTorch",
     )
     p.add_argument(
-        "--calibration-size", type=int, default=128, help="train images to calibrate INT8 on"
+        "--calibration-size",
+        type=int,
+        default=128,
+        help="images to calibrate INT8 on, from the train partition minus the validation split",
     )
     p.add_argument(
         "--calibration-seed", type=int, default=0, help="seed for picking calibration images"
@@ -113,7 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--eval-limit",
         type=int,
         default=0,
-        help="cap on held-out images for FP32 vs INT8 (0 = all)",
+        help="cap on images for FP32 vs INT8, on validation (gate) and test (report) (0 = all)",
     )
     p.add_argument(
         "--max-accuracy-drop",
@@ -132,16 +155,16 @@ def main(args: argparse.Namespace) -> dict:
     timings: dict[str, float] = {}
     source = _load_source(args)
     spec = PreprocessSpec.from_dict(source.card["preprocessing"])
+    mpp = _model_mpp(args.mpp, source.card, spec)
     data_dir = args.data_dir or Path(source.card.get("config", {}).get("data_dir", ""))
-    records = _records(data_dir)
-    test = sorted((r for r in records if r.partition == "test"), key=lambda r: r.name)
-    train = [r for r in records if r.partition == "train"]
+    # The training run's own split: gates on validation, calibration on the rest of train.
+    splits = training_splits(_records(data_dir), source.card)
     args.out.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = args.out / "model.onnx", args.out / "model.int8.onnx"
 
     t = time.perf_counter()
     export_fp32(source.model, spec.size, fp32_path)
-    write_metadata(fp32_path, _metadata(source, spec, "fp32", {}))
+    write_metadata(fp32_path, _metadata(source, spec, "fp32", {}, mpp))
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -149,18 +172,19 @@ def main(args: argparse.Namespace) -> dict:
     parity = check_parity(
         source.model,
         fp32,
-        load_batch([r.path for r in test[: args.parity_images]], spec),
+        load_batch([r.path for r in splits.validation[: args.parity_images]], spec),
         args.parity_tolerance,
+        GATE_SPLIT,
     )
     timings["parity_s"] = time.perf_counter() - t
     print(
-        f"parity: max |Δp| {parity.max_abs_diff:.2e} on {parity.images} images "
+        f"parity: max |Δp| {parity.max_abs_diff:.2e} on {parity.images} {parity.split} images "
         f"(tolerance {parity.tolerance:g}) — passed"
     )
 
     t = time.perf_counter()
     calibration = pick_calibration_images(
-        [r.path for r in train], args.calibration_size, args.calibration_seed
+        [r.path for r in splits.calibration], args.calibration_size, args.calibration_seed
     )
     settings = QuantSettings(
         reduce_range=args.reduce_range,
@@ -174,21 +198,16 @@ def main(args: argparse.Namespace) -> dict:
         ImageCalibrationReader(calibration, spec, fp32.metadata.input_name),
         settings,
     )
-    write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict()))
+    write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict(), mpp))
     timings["quantize_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    held_out = test[: args.eval_limit] if args.eval_limit else test
-    comparison = compare_precisions(
-        fp32,
-        InferenceModel(int8_path),
-        load_batch([r.path for r in held_out], spec),
-        np.array([int(r.label == source.card["positive_class"]) for r in held_out]),
-    )
+    int8 = InferenceModel(int8_path)
+    comparison = _compare(fp32, int8, splits.validation, spec, source.card, args.eval_limit)
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     report = _report(
-        args, source, data_dir, parity, settings, comparison, fp32_path, int8_path, timings
+        args, source, data_dir, splits, parity, settings, comparison, fp32_path, int8_path, timings
     )
     report_path = args.out / "export_report.json"
     try:
@@ -200,6 +219,16 @@ def main(args: argparse.Namespace) -> dict:
         report["int8"]["gate"]["passed"] = False
         report_path.write_text(json.dumps(report, indent=2))
         raise
+    # The final evaluation, after every gate: the only step that reads the test partition.
+    # Its numbers are reported and logged; nothing is decided on them.
+    t = time.perf_counter()
+    report["test_evaluation"] = {
+        **_compare(fp32, int8, splits.test, spec, source.card, args.eval_limit, REPORT_SPLIT),
+        "gates": False,
+    }
+    timings["test_evaluation_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     report_path.write_text(json.dumps(report, indent=2))
     if args.mlflow:
         report["mlflow"] = _log(args, source, report, report_path, fp32_path, int8_path)
@@ -224,13 +253,23 @@ def _records(data_dir: Path) -> list:
         r.partition == "train" for r in records
     ):
         raise DatasetError(
-            f"{data_dir}: export needs both train (calibration) and test (evaluation) images"
+            f"{data_dir}: export needs train images (validation gates, calibration) and test "
+            "images (final evaluation)"
         )
     return records
 
 
+def _model_mpp(given: float | None, card: dict, spec: PreprocessSpec) -> float:
+    """The input's µm/px: --mpp, else the training run's, else derived as MHIST's."""
+    mpp = given if given is not None else (card.get("config") or {}).get("mpp")
+    mpp = float(mpp) if mpp is not None else input_mpp(spec.resize_size)
+    if not 0.0 < mpp < float("inf"):
+        raise ValueError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+    return mpp
+
+
 def _metadata(
-    source: ModelSource, spec: PreprocessSpec, precision: str, quantization: dict
+    source: ModelSource, spec: PreprocessSpec, precision: str, quantization: dict, mpp: float
 ) -> ModelMetadata:
     card = source.card
     return ModelMetadata(
@@ -254,11 +293,40 @@ def _metadata(
         },
         metrics=card.get("metrics", {}),
         quantization=quantization,
+        mpp=mpp,
+    )
+
+
+def _compare(
+    fp32: InferenceModel,
+    int8: InferenceModel,
+    records: list,
+    spec: PreprocessSpec,
+    card: dict,
+    limit: int,
+    split: str = GATE_SPLIT,
+) -> dict:
+    chosen = records[:limit] if limit else records
+    return compare_precisions(
+        fp32,
+        int8,
+        load_batch([r.path for r in chosen], spec),
+        np.array([int(r.label == card["positive_class"]) for r in chosen]),
+        split,
     )
 
 
 def _report(
-    args, source, data_dir, parity, settings, comparison, fp32_path, int8_path, timings
+    args,
+    source,
+    data_dir,
+    splits: ExportSplits,
+    parity,
+    settings,
+    comparison,
+    fp32_path,
+    int8_path,
+    timings,
 ) -> dict:
     fp32_size, int8_size = fp32_path.stat().st_size, int8_path.stat().st_size
     return {
@@ -271,11 +339,17 @@ def _report(
         "data_dir": str(data_dir),
         "synthetic_data": bool((source.card.get("dataset") or {}).get("synthetic", False)),
         "opset": OPSET,
+        "splits": splits.to_dict(),
         "parity": parity.to_dict(),
         "int8": {
             "settings": settings.to_dict(),
+            "calibration_split": CALIBRATION_SPLIT,
             "comparison": comparison,
-            "gate": {"max_accuracy_drop_pp": args.max_accuracy_drop, "passed": True},
+            "gate": {
+                "split": comparison["split"],
+                "max_accuracy_drop_pp": args.max_accuracy_drop,
+                "passed": True,
+            },
         },
         "files": {
             "fp32": _file_info(fp32_path),
@@ -350,8 +424,15 @@ def _print_summary(report: dict) -> None:
         f"INT8 {files['int8']['size_bytes'] / 1e6:.1f} MB "
         f"({100 * report['int8_to_fp32_size']:.0f} %); "
         f"accuracy FP32 {cmp_['fp32']['accuracy']:.3f} vs INT8 {cmp_['int8']['accuracy']:.3f}, "
-        f"agreement {cmp_['top1_agreement']:.3f} on {cmp_['images']} held-out images"
+        f"agreement {cmp_['top1_agreement']:.3f} on {cmp_['images']} {cmp_['split']} images"
     )
+    final = report.get("test_evaluation")
+    if final:
+        print(
+            f"final evaluation (reported, gates nothing): accuracy FP32 "
+            f"{final['fp32']['accuracy']:.3f} vs INT8 {final['int8']['accuracy']:.3f} on "
+            f"{final['images']} test images"
+        )
     if report["int8"]["gate"].get("warning"):
         print(f"WARNING (--allow-degraded): {report['int8']['gate']['warning']}")
     if "mlflow" in report:

@@ -33,6 +33,7 @@ def log_export(
                 "stage": "export",
                 "source_run_id": source_run_id or "",
                 "source_uri": report["source"]["uri"],
+                "gate_split": report["int8"]["gate"]["split"],
             }
         )
         mlflow.log_params({f"quant_{k}": v for k, v in report["int8"]["settings"].items()})
@@ -59,8 +60,16 @@ def log_export(
 
 
 def _flat_metrics(report: dict) -> dict[str, float]:
+    """Gate numbers (validation split) unprefixed; the reported-only test evaluation as test_*."""
     int8 = report["int8"]["comparison"]
-    return {
+    final = report.get("test_evaluation") or {}
+    tested = {
+        f"test_{precision}_{key}": final[precision][key]
+        for precision in ("fp32", "int8")
+        for key in ("accuracy", "roc_auc")
+        if final and final[precision].get(key) is not None
+    }
+    return tested | {
         "parity_max_abs_diff": report["parity"]["max_abs_diff"],
         "int8_accuracy_drop_pp": int8["accuracy_drop_pp"],
         "int8_top1_agreement": int8["top1_agreement"],

@@ -2,8 +2,14 @@
 
     python lambda/deploy.py deploy --model artifacts/model.int8.onnx [--architecture arm64] ...
     python lambda/deploy.py deploy --image-uri ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG
+    python lambda/deploy.py deploy ... --s3-input s3://BUCKET/PREFIX --s3-output s3://BUCKET/PREFIX
     python lambda/deploy.py destroy [--keep-repository]
     add --dry-run to print the plan without calling AWS.
+
+With --s3-input/--s3-output the function also classifies every object created under the input
+prefix (services/adapters/s3_events.py): a bucket notification, lambda:InvokeFunction for
+s3.amazonaws.com from that bucket and account only, and an inline role policy that reads the
+input prefix and writes the output prefix, nothing more. The buckets are yours: they must exist.
 
 `deploy` is idempotent (create or update every resource); `destroy` removes what `deploy`
 made and is re-runnable. AWS_ENDPOINT_URL points every client elsewhere (moto in server mode
@@ -19,8 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from awsdeploy import aws
 from awsdeploy.aws import Plan
+from services.settings import S3Location, Settings, SettingsError, s3_location
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +38,8 @@ BASIC_EXECUTION_POLICY = "service-role/AWSLambdaBasicExecutionRole"
 # API's: `ANY /{proxy+}` does not match the bare `/`, hence the second route for the root page.
 ROUTES = ("ANY /{proxy+}", "ANY /")
 HTTP_API_MAX_TIMEOUT_MS = 30_000  # API Gateway HTTP API integration ceiling
+S3_POLICY = "s3-input-output"  # the role's inline policy for the S3 flow
+S3_STATEMENT = "s3-input"  # the function policy statement letting the input bucket invoke it
 PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
 
 
@@ -71,21 +82,40 @@ def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
             build_args={"MODEL_FILE": args.model}, platform=PLATFORMS[args.architecture],
             note=plan.note)
 
+    s3 = s3_locations(args)
     role_arn = f"arn:aws:iam::<account>:role/{names.role}"
     if plan.step(f"ensure IAM role {names.role}: trusted by lambda.amazonaws.com, only "
-                 f"{BASIC_EXECUTION_POLICY} attached"):
+                 f"{BASIC_EXECUTION_POLICY} attached" + (
+                     f"; inline policy {S3_POLICY}: read {s3[0]}*, write {s3[1]}*" if s3
+                     else "")):
+        _check_buckets(clients["s3"], s3)
         role_arn = aws.ensure_role(
             clients["iam"], names.role, "lambda.amazonaws.com",
             [aws.managed_policy_arn(BASIC_EXECUTION_POLICY, region)],
+            inline_policies={S3_POLICY: s3_policy(*s3, aws.partition(region))} if s3 else None,
             description=f"execution role of the {names.function} Lambda function",
             note=plan.note)
+        if not s3 and aws.ignore_missing(clients["iam"].delete_role_policy, RoleName=names.role,
+                                         PolicyName=S3_POLICY) is not None:
+            plan.note(f"deleted inline policy {S3_POLICY} (no --s3-input any more)")
 
     function_arn = f"arn:aws:lambda:{region}:<account>:function:{names.function}"
     if plan.step(f"create or update function {names.function} from {image_uri} "
                  f"({args.architecture}, {args.memory} MB, {args.timeout} s, "
                  f"reserved concurrency {args.reserved_concurrency or 'none'}); wait until active"):
+        previous = s3_input_of(clients["lambda"], names.function)
         function_arn = ensure_function(clients["lambda"], names.function, image_uri, role_arn,
                                        args, plan)
+        if previous and (not s3 or previous.bucket != s3[0].bucket):
+            remove_s3_trigger(clients, names.function, previous, plan)
+    if s3:
+        source = s3[0]
+        if plan.step(f"allow s3.amazonaws.com to invoke {names.function} from bucket "
+                     f"{source.bucket} of this account only"):
+            ensure_s3_permission(clients["lambda"], names.function, function_arn, source, plan)
+        if plan.step(f"notify {names.function} of every s3:ObjectCreated:* under {source} "
+                     "(bucket notification; the bucket's other notifications are kept)"):
+            ensure_s3_notification(clients["s3"], names.function, function_arn, source, plan)
 
     if not plan.step(f"ensure HTTP API {names.api}: AWS_PROXY integration (payload 2.0), routes "
                      f"{', '.join(ROUTES)}, $default stage with auto-deploy"):
@@ -102,6 +132,8 @@ def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
 
     outputs = {"function_arn": function_arn, "image_uri": image_uri, "role_arn": role_arn,
                "api_id": api["ApiId"], "invoke_url": api["ApiEndpoint"].rstrip("/")}
+    if s3:
+        outputs.update(s3_input=str(s3[0]), s3_output=str(s3[1]))
     plan.step("print the invoke URL and a curl example")
     print(f"\nInvoke URL: {outputs['invoke_url']} (every route of the Flask app)\n"
           f"  curl -sS {outputs['invoke_url']}/health\n"
@@ -119,7 +151,7 @@ def invoke_source_arn(region: str, account: str, api_id: str) -> str:
 def _clients(region: str) -> dict:
     session = aws.session(region)
     return {name: aws.client(name, session)
-            for name in ("ecr", "iam", "lambda", "apigatewayv2")}
+            for name in ("ecr", "iam", "lambda", "apigatewayv2", "s3")}
 
 
 def ensure_function(lam, name: str, image_uri: str, role_arn: str, args: argparse.Namespace,
@@ -163,6 +195,9 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
     variables = {"EMF_METRICS": "1" if args.emf else "0"}
     if args.cors_origins:
         variables["CORS_ALLOW_ORIGINS"] = args.cors_origins
+    s3 = s3_locations(args)
+    if s3:  # the normalised form (PREFIX/), as the function's Settings read it
+        variables.update(S3_INPUT_URI=str(s3[0]), S3_OUTPUT_URI=str(s3[1]))
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -286,21 +321,152 @@ def ensure_invoke_permission(lam, function: str, api_id: str, source_arn: str,
 
     A statement with another SourceArn (e.g. `apiId/*` of older deploys) is replaced.
     """
-    statement_id = f"apigateway-{api_id}"
+    ensure_permission(lam, function, f"apigateway-{api_id}", "apigateway.amazonaws.com",
+                      source_arn, plan)
+
+
+def ensure_permission(lam, function: str, statement_id: str, principal: str, source_arn: str,
+                      plan: Plan, account: str | None = None) -> None:
+    """lambda:InvokeFunction for `principal` from `source_arn` (and `account`) only; the
+    statement of that id is replaced when its conditions differ."""
     policy = aws.ignore_missing(lam.get_policy, FunctionName=function)
     statements = json.loads(policy["Policy"])["Statement"] if policy else []
     current = next((s for s in statements if s.get("Sid") == statement_id), None)
-    current_arn = ((current or {}).get("Condition", {}).get("ArnLike", {})
-                   .get("AWS:SourceArn"))
-    if current_arn == source_arn:
+    condition = (current or {}).get("Condition", {})
+    if (current is not None and condition.get("ArnLike", {}).get("AWS:SourceArn") == source_arn
+            and condition.get("StringEquals", {}).get("AWS:SourceAccount") == account):
         plan.note(f"permission {statement_id} already allows {source_arn}")
         return
     if current is not None:
         lam.remove_permission(FunctionName=function, StatementId=statement_id)
     lam.add_permission(FunctionName=function, StatementId=statement_id,
-                       Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
-                       SourceArn=source_arn)
-    plan.note(f"permission {statement_id}: InvokeFunction from {source_arn}")
+                       Action="lambda:InvokeFunction", Principal=principal,
+                       SourceArn=source_arn, **({"SourceAccount": account} if account else {}))
+    plan.note(f"permission {statement_id}: InvokeFunction from {source_arn}"
+              + (f" (account {account})" if account else ""))
+
+
+# --- S3 in, S3 out -----------------------------------------------------------------------------
+
+def s3_locations(args: argparse.Namespace) -> tuple[S3Location, S3Location] | None:
+    """(input, output) from --s3-input/--s3-output, checked by the function's own Settings
+    (both or neither, s3://BUCKET/PREFIX, results never under the input); None without them."""
+    given = {"S3_INPUT_URI": args.s3_input, "S3_OUTPUT_URI": args.s3_output}
+    settings = Settings.from_env({}, {k: v for k, v in given.items() if v is not None})
+    if settings.s3_input is None or settings.s3_output is None:
+        return None
+    return settings.s3_input, settings.s3_output
+
+
+def s3_policy(source: S3Location, results: S3Location, partition: str) -> dict:
+    """Read the input prefix, read and write the output prefix (the HEAD that makes a
+    redelivered event cheap is a GetObject). No s3:ListBucket: without it S3 answers a HEAD of
+    a missing result with 403, which the flow takes as "no result yet"."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadInput", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": source.arn(partition)},
+        {"Sid": "WriteResults", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+         "Resource": results.arn(partition)},
+    ]}
+
+
+def _check_buckets(s3, locations: tuple[S3Location, S3Location] | None) -> None:
+    for location in locations or ():
+        try:
+            s3.head_bucket(Bucket=location.bucket)
+        except ClientError as exc:
+            raise SystemExit(f"bucket {location.bucket} ({location}): "
+                             f"{aws.error_code(exc) or 'no access'}; deploy.py does not create "
+                             "data buckets: create it, or fix --s3-input/--s3-output") from None
+
+
+def s3_input_of(lam, function: str) -> S3Location | None:
+    """The S3_INPUT_URI the deployed function has (None: no function, or no S3 flow)."""
+    found = aws.ignore_missing(lam.get_function_configuration, FunctionName=function)
+    raw = ((found or {}).get("Environment") or {}).get("Variables", {}).get("S3_INPUT_URI")
+    try:
+        return s3_location(raw) if raw else None
+    except SettingsError:
+        return None
+
+
+def _notification_id(function: str) -> str:
+    return f"{function}-s3-input"
+
+
+def ensure_s3_permission(lam, function: str, function_arn: str, source: S3Location,
+                         plan: Plan) -> None:
+    """lambda:InvokeFunction for s3.amazonaws.com from this bucket in this account only
+    (SourceAccount: a bucket name can later belong to someone else)."""
+    partition, account = function_arn.split(":")[1], function_arn.split(":")[4]
+    ensure_permission(lam, function, S3_STATEMENT, "s3.amazonaws.com",
+                      f"arn:{partition}:s3:::{source.bucket}", plan, account=account)
+
+
+def _canonical(configuration: dict) -> dict:
+    """A notification as ensure_s3_notification writes it (S3 answers 'Prefix' for 'prefix')."""
+    rules = configuration.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    if not rules:
+        return configuration
+    lowered = [{"Name": r["Name"].lower(), "Value": r["Value"]} for r in rules]
+    return {**configuration, "Filter": {"Key": {"FilterRules": lowered}}}
+
+
+def _notifications(s3, bucket: str) -> dict:
+    """The bucket's notification configuration, in the form put_... takes back."""
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
+    return {key: current[key] for key in ("TopicConfigurations", "QueueConfigurations",
+                                          "LambdaFunctionConfigurations",
+                                          "EventBridgeConfiguration") if key in current}
+
+
+def ensure_s3_notification(s3, function: str, function_arn: str, source: S3Location,
+                           plan: Plan) -> None:
+    """Our LambdaFunctionConfiguration (Id NAME-s3-input) on the input bucket, exactly once;
+    every other configuration of the bucket is kept as it is."""
+    ours = {"Id": _notification_id(function), "LambdaFunctionArn": function_arn,
+            "Events": ["s3:ObjectCreated:*"]}
+    if source.prefix:
+        ours["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": source.prefix}]}}
+    config = _notifications(s3, source.bucket)
+    others = [c for c in config.get("LambdaFunctionConfigurations", [])
+              if c.get("Id") != ours["Id"]]
+    if [*others, ours] == [_canonical(c) for c in config.get("LambdaFunctionConfigurations", [])]:
+        plan.note(f"bucket {source.bucket} already notifies {function}")
+        return
+    config["LambdaFunctionConfigurations"] = [*others, ours]
+    try:
+        s3.put_bucket_notification_configuration(Bucket=source.bucket,
+                                                 NotificationConfiguration=config)
+    except ClientError as exc:  # e.g. overlapping prefixes with another notification
+        raise SystemExit(f"cannot set the notification on bucket {source.bucket}: "
+                         f"{aws.error_code(exc)}: {exc.response['Error'].get('Message')}"
+                         ) from None
+    plan.note(f"bucket {source.bucket} notifies {function} of s3:ObjectCreated:* under "
+              f"'{source.prefix}'")
+
+
+def remove_s3_trigger(clients: dict, function: str, source: S3Location, plan: Plan) -> None:
+    """Undo ensure_s3_notification and ensure_s3_permission (the inline policy goes with the
+    role, or is deleted by the role step)."""
+    s3 = clients["s3"]
+    try:
+        config = _notifications(s3, source.bucket)
+    except ClientError as exc:
+        plan.note(f"bucket {source.bucket}: {aws.error_code(exc)}; no notification to remove")
+        config = None
+    if config is not None:
+        kept = [c for c in config.get("LambdaFunctionConfigurations", [])
+                if c.get("Id") != _notification_id(function)]
+        if kept != config.get("LambdaFunctionConfigurations", []):
+            config["LambdaFunctionConfigurations"] = kept
+            s3.put_bucket_notification_configuration(Bucket=source.bucket,
+                                                     NotificationConfiguration=config)
+            plan.note(f"bucket {source.bucket} no longer notifies {function}")
+    if aws.ignore_missing(clients["lambda"].remove_permission, FunctionName=function,
+                          StatementId=S3_STATEMENT) is not None:
+        plan.note(f"permission {S3_STATEMENT} removed")
 
 
 # --- destroy ----------------------------------------------------------------------------------
@@ -315,6 +481,13 @@ def destroy(args: argparse.Namespace, plan: Plan) -> None:
         else:
             clients["apigatewayv2"].delete_api(ApiId=api["ApiId"])
             plan.note(f"HTTP API {names.api} ({api['ApiId']}) deleted")
+    if plan.step(f"remove the S3 trigger of {names.function}, if it has one (the input "
+                 "bucket's notification for it)"):
+        source = s3_input_of(clients["lambda"], names.function)
+        if source is None:
+            plan.note("no S3 trigger to remove")
+        else:
+            remove_s3_trigger(clients, names.function, source, plan)
     if plan.step(f"delete function {names.function} (and its resource policy)"):
         gone = aws.ignore_missing(clients["lambda"].delete_function,
                                   FunctionName=names.function) is None
@@ -362,6 +535,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="CloudWatch EMF metrics (latency, inference time) in the logs")
     dep.add_argument("--keep-images", type=int, default=10,
                      help="ECR lifecycle policy keeps this many images")
+    dep.add_argument("--s3-input", default=None, metavar="s3://BUCKET/PREFIX",
+                     help="classify every object created under this prefix (with --s3-output)")
+    dep.add_argument("--s3-output", default=None, metavar="s3://BUCKET/PREFIX",
+                     help="where the result of key K goes: PREFIX/K.json (with --s3-input)")
     sub.choices["destroy"].add_argument("--keep-repository", action="store_true",
                                         help="leave the ECR repository and its images")
     return parser
@@ -386,6 +563,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise SystemExit(f"--timeout {args.timeout}: Lambda allows 1 to 900 s")
     if args.reserved_concurrency is not None and args.reserved_concurrency < 0:
         raise SystemExit("--reserved-concurrency must be 0 or more (0 blocks all invocations)")
+    try:
+        s3_locations(args)
+    except SettingsError as exc:
+        raise SystemExit(f"--s3-input/--s3-output: {exc}") from None
     if not args.image_uri and not (REPO_ROOT / args.model).is_file() and not args.dry_run:
         raise SystemExit(f"--model {args.model} does not exist; export one first (make export) "
                          "or pass --image-uri")

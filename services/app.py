@@ -4,10 +4,11 @@ The Flask container (gunicorn), the Lambda function (apig-wsgi) and the SageMake
 (gunicorn, `serve`) all run this app; they differ only in how bytes arrive and leave. The ONNX
 session is built here, once per process (gunicorn runs with preload off: once per worker).
 
-Blueprints: api (predict routes), ops (health, ready, metadata, metrics, openapi), ui (the
-upload page), and sagemaker (/ping, /invocations, /execution-parameters) on the `sagemaker`
-target only. Hooks (request id, API token, CORS, security headers, metrics, one JSON log line
-per request, optionally CloudWatch EMF) and JSON error handlers apply to every route.
+Blueprints: api (predict routes), region (/predict/region), ops (health, ready, metadata,
+metrics, openapi), ui (the upload page), and sagemaker (/ping, /invocations,
+/execution-parameters) on the `sagemaker` target only. Hooks (request id, API token, CORS,
+security headers, metrics, one JSON log line per request, optionally CloudWatch EMF) and JSON
+error handlers apply to every route.
 
 Local run without a container:
     MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.server
@@ -19,10 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services import hooks
+from services.limits import BoundedRequest
 from services.metrics import Metrics
-from services.routes import api, ops, sagemaker, ui
+from services.routes import api, ops, region, sagemaker, ui
 from services.settings import Settings
 from services.state import ModelState, Runtime, attach
 
@@ -33,7 +36,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     SettingsError when a setting is."""
     settings = Settings.from_env(overrides=config)
     app = Flask(__name__)
+    app.request_class = BoundedRequest  # 413s that name their limit, chunked bodies included
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length  # werkzeug refuses above
+    if settings.front_server == "nginx":
+        # Behind our own nginx (services/front.py), which overwrites X-Forwarded-For/-Proto
+        # with the real peer: trust exactly one hop.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     app.json.sort_keys = False  # keep label, probabilities, threshold, model in DESIGN's order
     hooks.configure_logging(settings.log_level)
 
@@ -41,7 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     state.start()
     attach(app, Runtime(settings, state, Metrics()))
 
-    for blueprint in (api.bp, ops.bp, ui.bp):
+    for blueprint in (api.bp, region.bp, ops.bp, ui.bp):
         app.register_blueprint(blueprint)
     if settings.target == "sagemaker":
         app.register_blueprint(sagemaker.bp)

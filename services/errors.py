@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ServiceError(Exception):
     """An error a client can act on: an HTTP status, a stable machine code and a message."""
 
-    def __init__(self, status_code: int, code: str, message: str) -> None:
+    def __init__(self, status_code: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})  # e.g. WWW-Authenticate on a 401
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}

@@ -22,10 +22,13 @@ Why these choices:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
+
+from gunicorn import util as _gunicorn_util
 
 from services.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
 from services.settings import Settings, SettingsError
@@ -47,6 +50,9 @@ keepalive = _SETTINGS.keepalive
 max_requests = _SETTINGS.max_requests
 max_requests_jitter = max_requests // 10
 preload_app = False
+# nginx (services/front.py) already bounds the header block to 4 × 8 KB; gunicorn's own limit
+# of 100 fields would answer a request with more with its HTML 400 page instead of our JSON.
+limit_request_fields = 1000
 # gunicorn ≥ 25 opens a control socket in $HOME by default: unused here, and parallel servers
 # (tests, several containers sharing a home) would fight over its one path.
 control_socket_disable = True
@@ -62,6 +68,23 @@ worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 _OWN_PROMETHEUS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_PROMETHEUS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mhist-prometheus-")
+
+
+def _write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a control character in a header, ...),
+    as our JSON error instead of its HTML page. nginx catches most malformed HTTP first; this
+    is what passes nginx and still fails gunicorn's stricter parser."""
+    code = "_".join(reason.lower().split()) or "bad_request"
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    _gunicorn_util.write_nonblock(sock, head + body)
+
+
+# The one place gunicorn writes an error page itself (gunicorn.workers.base.handle_error calls
+# it through the module): replaced in the master, so every forked worker has it.
+_gunicorn_util.write_error = _write_json_error
 
 
 def on_starting(server) -> None:
@@ -84,6 +107,8 @@ def on_starting(server) -> None:
 def _model_file_problem(path: str) -> str | None:
     if not path:
         return "MODEL_PATH is not set; point it at an exported ONNX file"
+    if os.path.isdir(path):
+        return f"MODEL_PATH {path} is a directory; point it at the ONNX file inside it"
     if not os.path.isfile(path):
         return f"model file {path} does not exist (set MODEL_PATH to an ONNX file)"
     if not os.access(path, os.R_OK):

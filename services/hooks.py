@@ -25,6 +25,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from services.errors import ServiceError
+from services.limits import too_large
 from services.settings import Settings
 from services.state import runtime
 
@@ -116,15 +117,21 @@ def _request_id() -> str:
 def _check_token(token: str | None) -> None:
     if not token or request.endpoint in OPEN_ENDPOINTS:
         return
-    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-    # compare_digest on bytes: constant time, and no TypeError on non-ASCII input.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        offered.strip().encode(), token.encode()
-    ):
+    if not has_token(token):
         raise ServiceError(
             401, "unauthorized",
             "Missing or wrong API token; send 'Authorization: Bearer <MHIST_API_TOKEN>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="mhist"'},  # RFC 6750: say the scheme
         )
+
+
+def has_token(token: str) -> bool:
+    """The request carries `Authorization: Bearer <token>`."""
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest on bytes: constant time, and no TypeError on non-ASCII input.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        offered.strip().encode(), token.encode()
+    )
 
 
 # --- CORS -------------------------------------------------------------------------------------
@@ -199,8 +206,8 @@ def _emf(line: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 # --- errors -----------------------------------------------------------------------------------
 
-def _service_error(exc: ServiceError) -> tuple[Response, int]:
-    return jsonify(exc.to_dict()), exc.status_code
+def _service_error(exc: ServiceError) -> tuple[Response, int, dict[str, str]]:
+    return jsonify(exc.to_dict()), exc.status_code, exc.headers
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -212,8 +219,8 @@ def _http_error(exc: HTTPException) -> Response:
 
 def http_error_body(exc: HTTPException) -> dict:
     code = re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
-    if exc.code == 413:
-        code = "payload_too_large"
+    if exc.code == 413 and request:  # say which limit, as the payload decoder does
+        return too_large(request).to_dict()
     return {"error": {"code": code, "message": exc.description or exc.name}}
 
 

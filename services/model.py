@@ -6,6 +6,8 @@ classes, threshold and preprocessing. onnxruntime + numpy only.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -14,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from services.errors import ModelLoadError, ServiceError
 from services.files import sha256_file
 from services.metadata import ModelMetadata
-from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess_bytes
+from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess, preprocess_bytes
 from services.settings import default_threads
 
 # Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
 # try to persist a device id there and warn in every worker. Nothing is sent from here anyway.
 ort.disable_telemetry_events()
+error_log = logging.getLogger("mhist.error")  # services.hooks gives it its JSON-lines handler
 
 
 def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
@@ -100,11 +104,12 @@ class InferenceModel:
         """Several images in one session.run, results in request order.
 
         An item may already be a ServiceError (the payload parser could not get bytes out of
-        it, e.g. bad base64): it keeps its slot, as does an image that fails to decode.
+        it, e.g. bad base64): it keeps its slot, as does an image that fails to decode, and so
+        does an item whose preprocessing failed in a way nobody foresaw (logged, status 500).
         """
         arrays: list[np.ndarray] = []
         results: list[dict | None] = []
-        for item in items:
+        for index, item in enumerate(items):
             try:
                 if isinstance(item, ServiceError):
                     raise item
@@ -112,12 +117,24 @@ class InferenceModel:
                 results.append(None)
             except ServiceError as exc:
                 results.append({**exc.to_dict(), "status": exc.status_code})
+            except Exception as exc:  # noqa: BLE001 - one item must never fail the whole batch
+                error_log.exception(json.dumps({"event": "batch_item_failed", "index": index,
+                                                "type": type(exc).__name__}))
+                results.append(_unexpected_item_error(index))
         if arrays:
             predictions = iter(self.predict_array(np.stack(arrays)))  # (N, 3, S, S)
             results = [
                 r if r is not None else next(predictions).to_dict(self.metadata) for r in results
             ]
         return results  # type: ignore[return-value]
+
+    def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Already decoded images (slide or region tiles) → one Prediction each, in one
+        session.run, through the same preprocessing as uploaded bytes (its resize included)."""
+        if not images:
+            return []
+        spec = self.metadata.preprocessing
+        return self.predict_array(np.stack([preprocess(img, spec) for img in images]))
 
     def predict_array(self, batch: np.ndarray) -> list[Prediction]:
         """Preprocessed (N, 3, S, S) float32 → one Prediction per row."""
@@ -151,7 +168,19 @@ class InferenceModel:
         }
 
 
+def _unexpected_item_error(index: int) -> dict:
+    return {"error": {"code": "internal_error",
+                      "message": f"Image {index} of the batch could not be processed (an "
+                                 "unexpected error, logged on the server); the others were."},
+            "status": 500}
+
+
 def _sha256_of_model(path: Path) -> str:
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.onnx"))[:5]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise ModelLoadError(f"model path {path} is a directory, not a file{hint}; set "
+                             "MODEL_PATH to the ONNX file itself")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist (set MODEL_PATH to an ONNX file)")
     if path.stat().st_size == 0:

@@ -79,9 +79,10 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Ready": {
-        "type": "object", "required": ["status", "model"],
+        "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string", "enum": ["ready"]},
-                       "model": {"type": "object"}},
+                       "model": {"type": "object", "description": "name, version, precision "
+                                 "and sha256; with an API token set, for token holders only"}},
     },
     "Metadata": {
         "type": "object",
@@ -97,6 +98,42 @@ _SCHEMAS: dict[str, Any] = {
             "sha256": {"type": "string"}, "file": {"type": "string"},
             "size_bytes": {"type": "integer"}, "intra_op_threads": {"type": "integer"},
             "onnxruntime": {"type": "string"},
+            "mpp": {"type": "number", "description": "µm per pixel of the network input."},
+            "mpp_note": {"type": "string", "description": "Present when mpp was assumed."},
+        },
+    },
+    "RegionTile": {
+        "type": "object",
+        "required": ["x", "y", "width", "height", "tissue_fraction", "label"],
+        "description": "One tile, in region pixels; p_<positive class> (p_ssa) is P(SSA).",
+        "properties": {
+            **{k: {"type": "integer"} for k in ("x", "y", "width", "height")},
+            "tissue_fraction": {"type": "number", "minimum": 0, "maximum": 1},
+            "p_ssa": {"type": "number", "minimum": 0, "maximum": 1},
+            "label": {"type": "string"},
+        },
+    },
+    "RegionResponse": {
+        "type": "object",
+        "required": ["tiles", "count", "grid", "scale", "summary", "heatmap", "threshold",
+                     "model"],
+        "properties": {
+            "tiles": {"type": "array", "items": _ref("RegionTile")},
+            "count": {"type": "integer", "description": "Tiles analysed (enough tissue)."},
+            "grid": {"type": "object", "properties": {
+                k: {"type": "integer"} for k in ("columns", "rows", "tile_px", "stride_px",
+                                                 "background_tiles")}},
+            "scale": {"type": "object", "properties": {
+                "region_mpp": {"type": "number"}, "model_mpp": {"type": "number"},
+                "mpp_source": {"type": "string", "enum": ["query", "model"]},
+                "tile_um": {"type": "number"}}},
+            "summary": {"type": "object", "description": "Tissue area (mm²), share of tissue "
+                        "called positive, largest positive regions."},
+            "heatmap": {"type": "object", "required": ["media_type", "base64"], "properties": {
+                "media_type": {"type": "string", "enum": ["image/png"]},
+                "base64": {"type": "string", "format": "byte"}}},
+            "threshold": {"type": "number"},
+            "model": {"type": "object"},
         },
     },
 }
@@ -131,6 +168,11 @@ def _batch_body() -> dict[str, Any]:
     }}
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
 _OPEN: dict[str, Any] = {"security": []}
 # Details for the routes that have them, by endpoint. A route without an entry still appears,
 # described by its view's docstring: the paths come from the app's url_map, not from here.
@@ -143,6 +185,21 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
         "requestBody": _batch_body(),
         "responses": {"200": _json("Per-item predictions or errors.", _ref("BatchResponse")),
                       **_ERRORS},
+    },
+    "region.predict_region": {
+        "parameters": [
+            _query("mpp", {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                   "µm per pixel of the image (default: the model's own, see /metadata)."),
+            _query("stride", {"type": "integer", "minimum": 1},
+                   "Tile step in pixels at the model's scale (default: one tile)."),
+            _query("min_tissue", {"type": "number", "minimum": 0, "maximum": 1},
+                   "Share of tissue a tile needs to be analysed (default 0.5)."),
+        ],
+        "requestBody": _predict_body(),
+        "responses": {"200": _json("Per-tile predictions and the heatmap.",
+                                   _ref("RegionResponse")), **_ERRORS,
+                      "422": _error("No tissue, or a resolution needing more than 2× "
+                                    "upsampling (no_tissue, resolution_too_coarse).")},
     },
     "ops.health": {**_OPEN, "responses": {"200": _json("The process answers.",
                                                         {"type": "object"})}},

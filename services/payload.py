@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import re
+import sys
 from typing import Any
 
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -29,6 +30,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
 from services.errors import ServiceError
+from services.limits import too_large
 
 IMAGE_FIELD = "image"
 BATCH_FIELD = "images"
@@ -134,20 +136,14 @@ def _body(request: Request) -> bytes:
     try:
         return request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise _too_large(request) from None
+        raise too_large(request) from None
 
 
 def _files(request: Request) -> MultiDict[str, FileStorage]:
     try:
         return request.files
     except RequestEntityTooLarge:
-        raise _too_large(request) from None
-
-
-def _too_large(request: Request) -> ServiceError:
-    limit = request.max_content_length
-    what = f"{limit} bytes" if limit else "the server's limit"
-    return ServiceError(413, "payload_too_large", f"The request body is over {what}.")
+        raise too_large(request) from None
 
 
 def _non_empty(data: bytes) -> bytes:
@@ -223,6 +219,14 @@ def _json_object(body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise ServiceError(400, "invalid_json", "The JSON body is nested too deeply.") from None
+    except ValueError:
+        # Not a JSONDecodeError: Python refuses integers of more than 4300 digits
+        # (sys.get_int_max_str_digits) with a plain ValueError.
+        raise ServiceError(
+            400, "invalid_json",
+            f"The JSON body holds a number of more than {sys.get_int_max_str_digits()} digits; "
+            "images are sent as base64 strings.",
+        ) from None
     if not isinstance(document, dict):
         raise ServiceError(
             400, "invalid_json_type",

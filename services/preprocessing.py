@@ -19,6 +19,11 @@ from services.errors import ServiceError
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MIN_SIDE = 16  # smaller than this carries no tissue structure at 224 px input
+# Longest side : shortest side. An MHIST patch is square; the centre crop of a 10:1 image keeps a
+# tenth of it, so anything longer is a strip or a mosaic, not a patch. The limit also bounds the
+# resized intermediate to MAX_ASPECT_RATIO × resize_size² pixels: without it a 1048576x16 PNG
+# (49 KB, within MAX_IMAGE_PIXELS) resized to a 224 px short side needs 14680064x224 pixels (10 GB).
+MAX_ASPECT_RATIO = 10
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -103,12 +108,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             "image_too_small",
             f"The image is {width}x{height} pixels; both sides must be at least {MIN_SIDE}.",
         )
-    if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+    check_aspect_ratio(width, height)
+    pages = _tiff_pages(img) if img.format == "TIFF" else 1
+    if pages > 1:
         # A multi-page TIFF is a stack or a slide pyramid: which page is the patch is ambiguous.
         raise ServiceError(
             400,
             "multi_page_image",
-            f"The TIFF holds {img.n_frames} pages; send one patch per image.",
+            f"The TIFF holds {pages} pages; send one patch per image.",
         )
     if img.format == "PNG":
         _verify_png_checksums(data)
@@ -120,6 +127,28 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             400, "invalid_image", f"The image data is truncated or corrupt: {exc}"
         ) from None
     return img
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """ServiceError 400 for an image longer than MAX_ASPECT_RATIO:1 either way."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        ratio = max(width, height) / min(width, height)
+        raise ServiceError(
+            400,
+            "extreme_aspect_ratio",
+            f"The image is {width}x{height} pixels, an aspect ratio of {ratio:.1f}:1; the limit "
+            f"is {MAX_ASPECT_RATIO}:1. Send a roughly square patch (MHIST patches are 224x224).",
+        )
+
+
+def _tiff_pages(img: Image.Image) -> int:
+    """Pages of a TIFF; counting them parses every IFD, where a crafted chain can fail."""
+    try:
+        return img.n_frames
+    except Exception as exc:  # noqa: BLE001 - e.g. TypeError "Missing dimensions" on a bad IFD
+        raise ServiceError(
+            400, "invalid_image", f"The TIFF's page directory is corrupt: {exc}"
+        ) from None
 
 
 def _verify_png_checksums(data: bytes) -> None:
@@ -147,7 +176,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
     White, because slide background is white: a transparent margin should look like glass.
     """
-    img = ImageOps.exif_transpose(img)
+    img = _upright(img)
     if img.mode in _SIXTEEN_BIT_MODES:
         # 16-bit grey: rescale 0..65535 to 0..255 (Pillow's own convert would clip at 255).
         wide = np.asarray(img, dtype=np.float64)
@@ -161,14 +190,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Rotated per EXIF Orientation. The EXIF block is parsed here, not at decode, so a corrupt
+    one (a PNG eXIf chunk or WebP EXIF that is not TIFF data) surfaces here: a 400."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - SyntaxError, struct.error, ... on garbage EXIF
+        raise ServiceError(
+            400, "invalid_image", f"The image's EXIF metadata is corrupt: {exc}"
+        ) from None
+
+
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Resize and crop to a spec.size square by the spec's own rule (`spec.resize`)."""
     return _RESIZERS[spec.resize](img, spec)
 
 
 def _shorter_side_then_center_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
-    """Shorter side → spec.resize_size, then a centred spec.size square (torchvision's rules)."""
+    """Shorter side → spec.resize_size, then a centred spec.size square (torchvision's rules).
+
+    Resize-then-crop, not Pillow's `resize(box=...)` of the crop alone: the box path runs its
+    passes in another order and with float32 coordinates, so it differs from torchvision by a
+    grey level on a few percent of pixels. The intermediate is bounded by the aspect ratio
+    check instead (at most MAX_ASPECT_RATIO × resize_size² pixels).
+    """
     width, height = img.size
+    check_aspect_ratio(width, height)  # decode_image checks it too; tiles reach here directly
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)

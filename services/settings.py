@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -103,6 +104,12 @@ def _target(raw: str) -> str:
     return raw
 
 
+def _front_server(raw: str) -> str:
+    if raw not in ("none", "nginx"):
+        raise SettingsError("none or nginx")
+    return raw
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise SettingsError("debug, info, warning, error or critical")
@@ -111,6 +118,36 @@ def _log_level(raw: str) -> str:
 
 def _megabytes(raw: str) -> int:
     return _positive_int(raw) * MIB
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """`s3://BUCKET/PREFIX`, the prefix taken as a folder: "" (the whole bucket) or ending "/"."""
+
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def holds(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def arn(self, partition: str = "aws") -> str:
+        return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
+
+
+# S3's rules for new bucket names: 3-63 of a-z 0-9 . -, starting and ending alphanumeric.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def s3_location(raw: str) -> S3Location:
+    """Parse `s3://BUCKET/PREFIX`; SettingsError naming the form otherwise."""
+    bucket, _, prefix = raw.removeprefix("s3://").partition("/")
+    if not raw.startswith("s3://") or not _BUCKET.match(bucket) or "//" in f"/{prefix}":
+        raise SettingsError("s3://BUCKET/PREFIX (a lower-case bucket name, then an optional "
+                            "folder such as incoming/)")
+    return S3Location(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,7 @@ _VARS: dict[str, _Var] = {
     "max_batch": _Var("MAX_BATCH", _positive_int),
     "max_image_pixels": _Var("MAX_IMAGE_PIXELS", _positive_int),
     "api_token": _Var("MHIST_API_TOKEN", _optional_text),
+    "front_server": _Var("FRONT_SERVER", _front_server),
     "host": _Var("HOST", _text),
     "port": _Var("PORT", _positive_int, "SAGEMAKER_BIND_TO_PORT", _positive_int),
     "workers": _Var("WEB_CONCURRENCY", _positive_int,
@@ -152,6 +190,9 @@ _VARS: dict[str, _Var] = {
     "emf_metrics": _Var("EMF_METRICS", _bool),
     "emf_namespace": _Var("EMF_NAMESPACE", _text),
     "function_name": _Var("AWS_LAMBDA_FUNCTION_NAME", _text),
+    "s3_input": _Var("S3_INPUT_URI", s3_location),
+    "s3_output": _Var("S3_OUTPUT_URI", s3_location),
+    "s3_max_object_bytes": _Var("S3_MAX_OBJECT_BYTES", _positive_int),
 }
 
 
@@ -169,6 +210,8 @@ class Settings:
     max_batch: int = 16
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     api_token: str | None = None
+    # "nginx": a buffering front server before gunicorn (the images); "none": gunicorn alone.
+    front_server: str = "none"
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -184,6 +227,11 @@ class Settings:
     emf_metrics: bool = False
     emf_namespace: str = "MhistClassifier"
     function_name: str = "local"
+    # Lambda's S3 flow (services/adapters/s3_events.py): objects under s3_input → results
+    # under s3_output; both or neither.
+    s3_input: S3Location | None = None
+    s3_output: S3Location | None = None
+    s3_max_object_bytes: int = 10 * MIB
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -204,6 +252,7 @@ class Settings:
             values[name] = _read(name, environ, overrides, target, default)
         if "ort_threads" not in _given("ort_threads", environ, overrides, target):
             values["ort_threads"] = default_threads(values["workers"] * values["threads"])
+        _check_s3(values.get("s3_input"), values.get("s3_output"))
         return cls(**values)
 
     @property
@@ -240,6 +289,21 @@ def _target_defaults(target: str) -> dict[str, Any]:
     # One worker per CPU with one ORT thread each beats one worker with many threads for
     # throughput on small machines (benchmarks/test_throughput.py).
     return {"workers": min(usable_cpus(), 4)}
+
+
+def _check_s3(source: S3Location | None, results: S3Location | None) -> None:
+    """Both or neither, and no result may land where it would trigger the function again."""
+    if (source is None) != (results is None):
+        given, missing = ("S3_INPUT_URI", "S3_OUTPUT_URI") if results is None else (
+            "S3_OUTPUT_URI", "S3_INPUT_URI")
+        raise SettingsError(f"{given} is set but {missing} is not: the S3 flow needs both "
+                            "(s3://BUCKET/PREFIX each)")
+    # The result of key K is results.prefix + K + ".json", and K starts with source.prefix.
+    if source and results and results.bucket == source.bucket and (
+            results.prefix + source.prefix).startswith(source.prefix):
+        raise SettingsError(f"S3_OUTPUT_URI={str(results)!r} would put results under "
+                            f"S3_INPUT_URI={str(source)!r}, and each result would trigger the "
+                            "function again: use another bucket or a prefix outside the input")
 
 
 def _given(name: str, environ: Mapping[str, str], overrides: Mapping[str, Any],

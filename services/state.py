@@ -2,8 +2,9 @@
 
 With MODEL_REQUIRED (the default) a load failure is raised from `create_app`, so a gunicorn
 worker cannot boot and the server exits non-zero. With MODEL_REQUIRED off the app starts
-anyway, /ready answers 503 and names the problem, and every /ready call retries the load at
-most once per MODEL_RETRY_SECONDS — for a model volume that is mounted after the process starts.
+anyway, /ready answers 503 (the log names the file and the problem: clients never see server
+paths), and every /ready call retries the load at most once per MODEL_RETRY_SECONDS — for a
+model volume that is mounted after the process starts.
 
 Routes reach this through `runtime(current_app)`; it lives in `app.extensions`, so several apps
 can coexist in one process (tests) and no module imports the app module back.
@@ -11,6 +12,8 @@ can coexist in one process (tests) and no module imports the app module back.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from services.model import InferenceModel
 from services.settings import Settings
 
 _EXTENSION = "mhist"
+error_log = logging.getLogger("mhist.error")  # services.hooks gives it its JSON-lines handler
 
 
 class ModelState:
@@ -33,12 +37,14 @@ class ModelState:
         self._lock = threading.Lock()
         self._last_attempt = float("-inf")
         self.model: InferenceModel | None = None
-        self.error: str | None = "the model has not been loaded yet"
+        self.error: str | None = "the model has not been loaded yet"  # for logs: may name paths
+        self.public_error = self.error  # for clients: what /ready's 503 says
 
     def start(self) -> None:
         """The load at start-up: raises when the model is required, else only records why."""
         if not self._settings.model_path:
-            self.error = "MODEL_PATH is not set; point it at an exported ONNX file"
+            self.error = self.public_error = (
+                "MODEL_PATH is not set; point it at an exported ONNX file")
             if self._settings.model_required:
                 raise ModelLoadError(self.error)
         elif self._settings.model_required:
@@ -58,8 +64,11 @@ class ModelState:
                 _check_digest(model, settings.model_sha256)
             except ModelLoadError as exc:
                 self.error = str(exc)
+                self.public_error = (
+                    "the model file could not be loaded (the server log names the file and the "
+                    f"problem); it is tried again at most every {settings.model_retry_seconds:g} s")
                 raise
-            self.model, self.error = model, None
+            self.model, self.error, self.public_error = model, None, None
             return model
 
     def retry_if_due(self) -> None:
@@ -68,13 +77,14 @@ class ModelState:
         if self.model is None and self._settings.model_path and due:
             try:
                 self.load()
-            except ModelLoadError:
-                pass  # .error already says why; /ready reports it
+            except ModelLoadError as exc:  # the 503 of /ready says less: no server paths
+                error_log.error(json.dumps({"event": "model_load_failed", "error": str(exc)}))
 
     def require(self) -> InferenceModel:
         """The model, or a 503 ServiceError saying why it is not ready."""
         if self.model is None:
-            raise ServiceError(503, "model_not_ready", f"The model is not ready: {self.error}")
+            raise ServiceError(503, "model_not_ready",
+                               f"The model is not ready: {self.public_error}")
         return self.model
 
 

@@ -7,13 +7,10 @@ Nothing here is mocked: the ONNX files every serving test uses come out of
 from __future__ import annotations
 
 import os
-
-# Before anything imports torch: on 2 shared cores, spinning OpenMP threads made each
-# ResNet18 training step ~4x slower while another process ran.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -140,15 +137,21 @@ def sample_image_bytes(sample_image_path: Path) -> bytes:
     return sample_image_path.read_bytes()
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose tool (container engine, Chromium, Playwright, torch, an image) is
+    missing, but FAIL when CI demands everything (MHIST_REQUIRE_CONTAINERS=1, set by .ci/run):
+    a skipped test must not look green. `reason` says what is missing and how to install it."""
+    if os.environ.get("MHIST_REQUIRE_CONTAINERS") == "1":
+        pytest.fail(f"required in CI (MHIST_REQUIRE_CONTAINERS=1), but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def require_containers() -> str:
-    """The container engine's name. Skips when none works, but FAILS when CI demands containers
-    (MHIST_REQUIRE_CONTAINERS=1, set by .ci/run): a skipped image test must not look green."""
+    """The container engine's name; skips without one, fails in CI (see `unavailable`)."""
     from awsdeploy.containers import EngineUnavailable, engine
 
     try:
         return engine()
     except EngineUnavailable as exc:
-        if os.environ.get("MHIST_REQUIRE_CONTAINERS") == "1":
-            pytest.fail(f"containers are required (MHIST_REQUIRE_CONTAINERS=1) but: {exc}")
-        pytest.skip(str(exc))
+        unavailable(f"no container engine works: {exc}")

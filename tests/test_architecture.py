@@ -9,7 +9,11 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 SERVICES = REPO_ROOT / "services"
-HEAVY = ("torch", "torchvision", "mlflow", "boto3", "sagemaker")
+HEAVY = ("torch", "torchvision", "mlflow", "boto3", "botocore", "sagemaker")
+AWS_SDK = ("boto3", "botocore")
+# The one module that may use the AWS SDK: the Lambda image's S3 entry. Only the Lambda image
+# installs boto3 (the `lambda` extra), so it imports it inside functions, never at import time.
+S3_ADAPTER = SERVICES / "adapters" / "s3_events.py"
 
 
 def module_name(path: Path) -> str:
@@ -26,6 +30,24 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_time_imports(path: Path) -> set[str]:
+    """The imports that run when the module is imported: all but those inside functions."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.add(child.module)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
     return found
 
 
@@ -54,10 +76,20 @@ def test_no_import_cycle_in_services() -> None:
 
 
 def test_serving_code_imports_nothing_heavy() -> None:
+    def allowed(path: Path, module: str) -> bool:
+        return path == S3_ADAPTER and module.split(".")[0] in AWS_SDK
+
     offenders = {module_name(path): sorted(m for m in imports(path)
-                                           if m.split(".")[0] in HEAVY)
+                                           if m.split(".")[0] in HEAVY and not allowed(path, m))
                  for path in SERVICES.rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_only_the_s3_adapter_imports_boto3_and_only_lazily() -> None:
+    """The Flask and SageMaker images lack boto3: importing services must never need it."""
+    assert {m.split(".")[0] for m in imports(S3_ADAPTER)} >= set(AWS_SDK)  # it does use it
+    eager = {m for m in import_time_imports(S3_ADAPTER) if m.split(".")[0] in AWS_SDK}
+    assert eager == set(), f"{S3_ADAPTER.name} imports {sorted(eager)} at import time"
 
 
 def test_platform_entry_files_only_delegate() -> None:

@@ -21,6 +21,7 @@ from training.data import (
     format_counts,
     is_synthetic,
     load_annotations,
+    split_sha256,
     split_train_val,
 )
 from training.sample_data import HEADER, generate
@@ -228,6 +229,15 @@ def test_split_is_stratified_seeded_and_train_only(pristine: Path) -> None:
     assert [r.name for r in again[1]] == [r.name for r in val]  # CSV order does not matter
     other = split_train_val(records, val_fraction=0.25, seed=1)
     assert {r.name for r in other[1]} != {r.name for r in val}
+
+
+def test_split_fingerprint_names_the_images_not_their_order(pristine: Path) -> None:
+    records = load_annotations(pristine)
+    _, val = split_train_val(records, val_fraction=0.25, seed=0)
+    _, other = split_train_val(records, val_fraction=0.25, seed=1)
+    assert split_sha256(val) == split_sha256(list(reversed(val)))
+    assert split_sha256(val) != split_sha256(other)
+    assert len(split_sha256(val)) == 64
 
 
 def test_split_rejects_bad_fraction(pristine: Path) -> None:

@@ -1,27 +1,33 @@
 """Export: parity gate, INT8 size and accuracy gate, metadata round trip, MLflow registration.
 
 The `exported` fixture ran the real `export/to_onnx.py` on a model registered by the real
-training script; these tests check what it produced, then break things on purpose.
+training script; these tests check what it produced, then break things on purpose. Both gates
+read the training run's validation split; the test partition is evaluated last, reported only.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from export.convert import ExportError, export_fp32, read_metadata, write_metadata
 from export.evaluate import check_parity, load_batch
+from export.splits import training_splits
 from services.model import InferenceModel
 from services.preprocessing import PreprocessSpec
 from tests.conftest import REPO_ROOT
 from training.checkpoint import load_checkpoint
+from training.data import Record, load_annotations
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +45,29 @@ def test_report_records_both_gates(exported: dict) -> None:
     assert report["int8"]["settings"]["reduce_range"] is True
     assert report["synthetic_data"] is True
     assert report["opset"] >= 17
+
+
+def test_gates_read_the_training_validation_split_and_test_is_reported_only(
+    exported: dict, sample_dir: Path
+) -> None:
+    report = json.loads(exported["report"].read_text())
+    _, card = load_checkpoint(exported["checkpoint"])
+    splits = training_splits(load_annotations(sample_dir), card)
+    validation = report["splits"]["validation"]
+    assert validation["sha256"] == card["config"]["extra"]["val_split_sha256"]
+    assert validation["matches_training"] is True
+    assert (validation["partition"], validation["images"]) == ("train", len(splits.validation))
+    assert (validation["seed"], validation["val_fraction"]) == (
+        card["config"]["seed"], card["config"]["val_fraction"])
+    assert report["parity"]["split"] == "validation"
+    assert report["parity"]["images"] == min(32, len(splits.validation))
+    assert report["int8"]["gate"]["split"] == report["int8"]["comparison"]["split"] == "validation"
+    assert report["int8"]["comparison"]["images"] == len(splits.validation)
+    assert report["int8"]["calibration_split"] == "fit"
+    assert report["splits"]["fit"]["images"] == len(splits.calibration)
+    final = report["test_evaluation"]
+    assert (final["split"], final["gates"], final["images"]) == ("test", False, len(splits.test))
+    assert {"accuracy", "roc_auc"} <= set(final["fp32"]) & set(final["int8"])
 
 
 def test_int8_is_under_30_percent_of_fp32(exported: dict) -> None:
@@ -134,18 +163,101 @@ def _export_cli(checkpoint: Path, data_dir: Path, out: Path, *extra: str):
     )
 
 
-def test_accuracy_gate_trips_when_forced(exported: dict, sample_dir: Path, tmp_path: Path) -> None:
-    # A negative allowance demands INT8 beat FP32 by 100 points: impossible, so it must trip.
+def _blackened_copy(sample_dir: Path, dest: Path, records: Iterable[Record]) -> Path:
+    """A copy of the sample in which the images of `records` are black, same size and names:
+    annotations.csv is untouched, so the training run's split re-derives unchanged."""
+    shutil.copytree(sample_dir, dest)
+    for record in records:
+        path = dest / "images" / record.name
+        with Image.open(path) as img:
+            size = img.size
+        Image.new("RGB", size).save(path)
+    return dest
+
+
+def test_int8_calibrated_on_black_images_fails_the_gate(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    """A genuinely bad INT8 file, caught at the default limit. Black calibration images give
+    the input quantizer a range of [-2.1, 0] after normalisation, so every pixel brighter than
+    black is clipped to 0 and INT8 stops seeing the tissue. (White blank images do not show it
+    on the fixture model: its input range keeps all of bright H&E and the labels survive.)"""
+    _, card = load_checkpoint(exported["checkpoint"])
+    splits = training_splits(load_annotations(sample_dir), card)
+    data = _blackened_copy(sample_dir, tmp_path / "data", splits.calibration)
+    out = tmp_path / "out"
+    result = _export_cli(exported["checkpoint"], data, out, "--eval-limit", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "INT8 accuracy gate failed" in result.stderr
+    assert f"on {len(splits.validation)} validation images" in result.stderr
+    assert "the limit is 1 pp" in result.stderr
+    assert "No gate reads the test partition" in result.stderr
+    assert not (out / "model.int8.onnx").exists(), "a file that failed its gate is removed"
+    report = json.loads((out / "export_report.json").read_text())
+    gate, comparison = report["int8"]["gate"], report["int8"]["comparison"]
+    assert gate == {"split": "validation", "max_accuracy_drop_pp": 1.0, "passed": False}
+    assert comparison["accuracy_drop_pp"] > 1.0
+    assert comparison["top1_agreement"] < 1.0
+    assert report["parity"]["passed"] is True  # FP32 is fine; only INT8 is broken
+    assert "test_evaluation" not in report, "the test partition is read only after the gates"
+
+
+def test_gates_do_not_read_the_test_partition(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    """Black out every test image: both gates give the numbers of the fixture's export (same
+    model, same flags) to the last digit; only the final evaluation changes."""
+    test = [r for r in load_annotations(sample_dir) if r.partition == "test"]
+    data = _blackened_copy(sample_dir, tmp_path / "data", test)
+    out = tmp_path / "out"
+    result = _export_cli(
+        exported["checkpoint"], data, out, "--calibration-size", "16", "--eval-limit", "0",
+        "--parity-images", "32", "--allow-degraded",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ours = json.loads((out / "export_report.json").read_text())
+    fixture = json.loads(exported["report"].read_text())
+    assert ours["splits"]["validation"] == fixture["splits"]["validation"]
+    assert ours["parity"] == fixture["parity"]
+    assert ours["int8"]["comparison"] == fixture["int8"]["comparison"]
+    assert ours["int8"]["gate"] == fixture["int8"]["gate"]
+    assert ours["test_evaluation"] != fixture["test_evaluation"]
+
+
+def test_another_data_folder_is_refused_not_gated_on(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    """Drop one train row: the seeded split re-derived from it is no longer training's."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    lines = (data / "annotations.csv").read_text().splitlines()
+    first_train = next(i for i, line in enumerate(lines) if line.endswith(",train"))
+    del lines[first_train]
+    (data / "annotations.csv").write_text("\n".join(lines) + "\n")
+    result = _export_cli(exported["checkpoint"], data, tmp_path / "out")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is not the one training held out" in result.stderr
+    assert "--data-dir must be the folder the model was trained on" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_accuracy_gate_failure_path_when_forced(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    # The CLI's failure path (exit 1, file removed, report kept) with an impossible allowance;
+    # test_int8_calibrated_on_black_images_fails_the_gate shows a real failure.
     result = _export_cli(
         exported["checkpoint"], sample_dir, tmp_path, "--max-accuracy-drop", "-100"
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "INT8 accuracy gate" in result.stderr
+    assert "INT8 accuracy gate failed" in result.stderr
     assert "--allow-degraded" in result.stderr
     assert (tmp_path / "model.onnx").is_file()
     assert not (tmp_path / "model.int8.onnx").exists(), "a file that failed its gate is removed"
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["int8"]["gate"]["passed"] is False
+    assert "test_evaluation" not in report
 
 
 def test_bad_data_folder_is_a_clear_cli_error(exported: dict, tmp_path: Path) -> None:

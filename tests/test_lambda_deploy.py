@@ -280,3 +280,161 @@ def test_sam_template_passes_cfn_lint_and_matches_deploy():
     assert "AWSLambdaBasicExecutionRole" in json.dumps(role["ManagedPolicyArns"])
     principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
     assert principal == {"Service": "lambda.amazonaws.com"}
+    assert_template_s3_matches_deploy(document)
+
+
+def assert_template_s3_matches_deploy(document: dict) -> None:
+    """The optional S3 trigger: the same permission, notification and policy as deploy.py's."""
+    resources = document["Resources"]
+    permission = resources["S3InvokePermission"]
+    assert permission["Condition"] == "HasS3"
+    assert permission["Properties"]["Principal"] == "s3.amazonaws.com"
+    assert permission["Properties"]["Action"] == "lambda:InvokeFunction"
+    assert permission["Properties"]["SourceArn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${S3InputBucket}"}
+    assert permission["Properties"]["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    bucket = resources["InputBucket"]
+    assert bucket["Condition"] == "HasS3" and bucket["DependsOn"] == "S3InvokePermission"
+    (notification,) = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    assert notification["Event"] == "s3:ObjectCreated:*"
+    assert notification["Function"] == {"Fn::GetAtt": ["ClassifierFunction", "Arn"]}
+    assert notification["Filter"]["S3Key"]["Rules"] == [
+        {"Name": "prefix", "Value": {"Ref": "S3InputPrefix"}}]
+    policies = resources["ExecutionRole"]["Properties"]["Policies"]["Fn::If"]
+    assert policies[0] == "HasS3" and policies[2] == {"Ref": "AWS::NoValue"}
+    (policy,) = policies[1]
+    deploy = load_deploy_module()
+    assert policy["PolicyName"] == deploy.S3_POLICY
+    from services.settings import s3_location
+
+    expected = deploy.s3_policy(s3_location("s3://a-b/in/"), s3_location("s3://c-d/out/"), "aws")
+    got = policy["PolicyDocument"]["Statement"]
+    assert [(s["Sid"], s["Action"]) for s in got] == \
+        [(s["Sid"], s["Action"]) for s in expected["Statement"]]
+    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert {"S3_INPUT_URI", "S3_OUTPUT_URI"} <= set(variables)
+
+
+# --- S3 in, S3 out ----------------------------------------------------------------------------
+
+def s3_buckets(moto: MotoServer, name: str) -> tuple[str, str, str]:
+    """An input bucket that already notifies a queue of something else (it must be kept), an
+    output bucket; returns (input, output, the queue's ARN)."""
+    s3, sqs = moto.client("s3"), moto.client("sqs")
+    source, results = f"{name}-in", f"{name}-out"
+    for bucket in (source, results):
+        s3.create_bucket(Bucket=bucket)
+    queue = sqs.create_queue(QueueName=f"{name}-audit")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"]
+                                         )["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=source, NotificationConfiguration={
+        "QueueConfigurations": [{"Id": "audit", "QueueArn": queue_arn,
+                                 "Events": ["s3:ObjectRemoved:*"]}]})
+    return source, results, queue_arn
+
+
+def s3_args(source: str, results: str) -> tuple[str, ...]:
+    return ("--s3-input", f"s3://{source}/incoming", "--s3-output", f"s3://{results}/results/")
+
+
+def assert_s3_trigger(moto: MotoServer, name: str, source: str, results: str,
+                      queue_arn: str) -> None:
+    iam, lam, s3 = moto.client("iam"), moto.client("lambda"), moto.client("s3")
+    role = f"{name}-lambda-role"
+    assert iam.list_role_policies(RoleName=role)["PolicyNames"] == ["s3-input-output"]
+    document = iam.get_role_policy(RoleName=role, PolicyName="s3-input-output")["PolicyDocument"]
+    assert document["Statement"] == [  # read the input prefix, write the output prefix: no more
+        {"Sid": "ReadInput", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": f"arn:aws:s3:::{source}/incoming/*"},
+        {"Sid": "WriteResults", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+         "Resource": f"arn:aws:s3:::{results}/results/*"},
+    ]
+    config = lam.get_function_configuration(FunctionName=name)
+    variables = config["Environment"]["Variables"]
+    assert (variables["S3_INPUT_URI"], variables["S3_OUTPUT_URI"]) == (
+        f"s3://{source}/incoming/", f"s3://{results}/results/")
+
+    statements = json.loads(lam.get_policy(FunctionName=name)["Policy"])["Statement"]
+    (permission,) = [s for s in statements if s["Sid"] == "s3-input"]
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert permission["Condition"]["ArnLike"]["AWS:SourceArn"] == f"arn:aws:s3:::{source}"
+    assert permission["Condition"]["StringEquals"]["AWS:SourceAccount"] == ACCOUNT_ID
+
+    notifications = s3.get_bucket_notification_configuration(Bucket=source)
+    (ours,) = notifications["LambdaFunctionConfigurations"]
+    assert ours["Id"] == f"{name}-s3-input"
+    assert ours["LambdaFunctionArn"] == config["FunctionArn"]
+    assert ours["Events"] == ["s3:ObjectCreated:*"]
+    (rule,) = ours["Filter"]["Key"]["FilterRules"]
+    assert (rule["Name"].lower(), rule["Value"]) == ("prefix", "incoming/")
+    (audit,) = notifications["QueueConfigurations"]  # the bucket's own, untouched
+    assert audit["QueueArn"] == queue_arn and audit["Id"] == "audit"
+
+
+def assert_no_s3_trigger(moto: MotoServer, name: str, source: str, queue_arn: str) -> None:
+    notifications = moto.client("s3").get_bucket_notification_configuration(Bucket=source)
+    assert notifications.get("LambdaFunctionConfigurations", []) == []
+    assert [q["QueueArn"] for q in notifications["QueueConfigurations"]] == [queue_arn]
+
+
+def test_deploy_with_s3_trigger_is_idempotent_and_reversible(moto, name):
+    source, results, queue_arn = s3_buckets(moto, name)
+    first = run_script(moto, *deploy_args(name), *s3_args(source, results))
+    assert_s3_trigger(moto, name, source, results, queue_arn)
+    assert outputs_of(first)["s3_input"] == f"s3://{source}/incoming/"
+    assert "notifies" in first.stdout
+
+    second = run_script(moto, *deploy_args(name), *s3_args(source, results))
+    assert "created" not in second.stdout
+    assert f"bucket {source} already notifies {name}" in second.stdout
+    assert "permission s3-input already allows" in second.stdout
+    assert_s3_trigger(moto, name, source, results, queue_arn)
+
+    # Deployed again without --s3-*: the trigger, its permission and its policy go.
+    plain = run_script(moto, *deploy_args(name))
+    assert_no_s3_trigger(moto, name, source, queue_arn)
+    assert_stack(moto, name, outputs_of(plain))  # exactly the HTTP stack, nothing left over
+
+    run_script(moto, *deploy_args(name), *s3_args(source, results))
+    run_script(moto, "destroy", "--name", name)
+    assert_no_s3_trigger(moto, name, source, queue_arn)
+    assert_stack_gone(moto, name)
+    again = run_script(moto, "destroy", "--name", name)
+    assert "no S3 trigger to remove" in again.stdout
+
+
+def test_moving_the_input_to_another_bucket_moves_the_trigger(moto, name):
+    source, results, queue_arn = s3_buckets(moto, name)
+    other, _, other_queue = s3_buckets(moto, f"{name}-b")
+    run_script(moto, *deploy_args(name), *s3_args(source, results))
+    run_script(moto, *deploy_args(name), *s3_args(other, results))
+    assert_no_s3_trigger(moto, name, source, queue_arn)
+    assert_s3_trigger(moto, name, other, results, other_queue)
+
+
+def test_dry_run_with_s3_plans_the_trigger(moto, name):
+    planned = run_script(moto, *deploy_args(name), *s3_args("some-in", "some-out"), "--dry-run")
+    steps = [x for x in planned.stdout.splitlines() if x.startswith("[dry-run] would")]
+    assert len(steps) == 9
+    assert any("read s3://some-in/incoming/*, write s3://some-out/results/*" in s for s in steps)
+    assert any("s3.amazonaws.com" in s and "some-in" in s for s in steps)
+    assert any("s3:ObjectCreated:*" in s for s in steps)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--s3-input", "s3://in-bucket/x"), "S3_INPUT_URI is set but S3_OUTPUT_URI is not"),
+    (("--s3-input", "in-bucket/x", "--s3-output", "s3://out-bucket/"), "s3://BUCKET/PREFIX"),
+    (("--s3-input", "s3://same-bucket/in", "--s3-output", "s3://same-bucket/in/results"),
+     "would trigger the function again"),
+    (("--s3-input", "s3://absent-bucket-1/in", "--s3-output", "s3://absent-bucket-2/out"),
+     "bucket absent-bucket-1 (s3://absent-bucket-1/in/): 404; deploy.py does not create"),
+], ids=["half", "not-a-uri", "loop", "no-bucket"])
+def test_bad_s3_arguments_are_one_line(moto, name, extra, message):
+    result = subprocess.run(
+        [sys.executable, "lambda/deploy.py", *deploy_args(name), *extra], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300, env={**os.environ, **moto.env()})
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

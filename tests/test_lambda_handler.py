@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from types import ModuleType
 
 import pytest
@@ -29,6 +28,7 @@ from tests.support.events import (
     multipart_body,
 )
 from tests.support.lambda_local import LambdaContext, load_handler
+from tests.support.logs import json_log_lines
 
 SHAPES = {  # builder name → the event shape apig-wsgi (and the guard) must decide
     "rest_api": "v1",
@@ -293,16 +293,8 @@ def test_v2_event_without_what_aws_always_sends_names_the_field(lam):
 @pytest.fixture
 def log_lines():
     """The JSON lines the app's access logger writes (stderr in Lambda, i.e. CloudWatch)."""
-    lines: list[dict] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-
-    handler = Collect()
-    access_log.addHandler(handler)
-    yield lines
-    access_log.removeHandler(handler)
+    with json_log_lines(access_log) as lines:
+        yield lines
 
 
 def test_one_json_log_line_per_invocation(lam, log_lines, sample_image_bytes):

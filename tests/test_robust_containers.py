@@ -334,3 +334,154 @@ def _wait_for_workers(box: Container, count: int, exclude: int, timeout: float) 
             return workers
         time.sleep(0.2)
     raise AssertionError(f"gunicorn did not replace worker {exclude}: {workers}")
+
+
+# --- slow clients ---------------------------------------------------------------------------------
+
+SLOW_SOCKETS = 16
+SLOW_HOLD_S = 60.0
+SLOW_INTERVAL_S = 5.0  # one header line / body byte every 5 s: gunicorn alone waits forever
+NORMAL_DEADLINE_S = 1.0
+
+
+def _probe_while_attacked(url: str, headers: dict[str, str], body: bytes,
+                          until: float) -> list[tuple[int | str, float]]:
+    answers: list[tuple[int | str, float]] = []
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        try:
+            status: int | str = requests.post(url, data=body, headers=headers,
+                                              timeout=30).status_code
+        except requests.RequestException as exc:
+            status = type(exc).__name__
+        answers.append((status, time.perf_counter() - started))
+        time.sleep(2.0)
+    return answers
+
+
+def test_slow_clients_hold_no_worker(require_containers: str, request: pytest.FixtureRequest,
+                                     corpus: dict[str, bytes]) -> None:
+    """16 slow sockets per container for 60 s (dribbled headers, dribbled bodies, garbage,
+    a TLS ClientHello), reconnecting whenever they are cut off: normal requests to the Flask
+    and SageMaker containers are still answered within 1 s, no worker is killed, and every slow
+    connection is cut off by a read timeout (or refused at once as malformed)."""
+    from tests.support.slow_clients import SlowClients
+
+    png = {"Content-Type": "image/png"}
+    boxes = {
+        "flask": (_flask_box(request.getfixturevalue("flask_image"), require_containers,
+                             free_port()), "/predict"),
+        "sagemaker": (_sagemaker_box(request.getfixturevalue("sagemaker_image"),
+                                     require_containers, free_port(),
+                                     request.getfixturevalue("sagemaker_model_dir")),
+                      "/invocations"),
+    }
+    try:
+        for box, _ in boxes.values():
+            wait_for_http(box.url("/health"), timeout=90, container=box)
+        attacks = {name: SlowClients("127.0.0.1", box.host_port, count=SLOW_SOCKETS,
+                                     interval_s=SLOW_INTERVAL_S, hold_s=SLOW_HOLD_S)
+                   for name, (box, _) in boxes.items()}
+        until = time.monotonic() + SLOW_HOLD_S - 3
+        for attack in attacks.values():
+            attack.__enter__()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            probes = {name: pool.submit(_probe_while_attacked, box.url(path), png,
+                                        corpus["png-rgb-224"], until)
+                      for name, (box, path) in boxes.items()}
+            answers = {name: future.result(timeout=SLOW_HOLD_S + 60)
+                       for name, future in probes.items()}
+        for attack in attacks.values():
+            attack.__exit__(None, None, None)
+        logs = {name: box.logs() for name, (box, _) in boxes.items()}
+    finally:
+        for box, _ in boxes.values():
+            box.remove()
+    for name, attack in attacks.items():
+        cut = [o.cut_after_s for o in attack.results if o.cut_after_s is not None]
+        held = [o for o in attack.results if o.cut_after_s is None]
+        slowest = max(answers[name], key=lambda a: a[1])
+        print(f"\n[slow clients {name}] {len(answers[name])} normal requests, slowest "
+              f"{slowest[1] * 1000:.0f} ms; {len(attack.results)} slow connections, cut after "
+              f"{min(cut):.1f}–{max(cut):.1f} s; still open at the end: {len(held)}")
+        assert answers[name] and all(status == 200 and seconds < NORMAL_DEADLINE_S
+                                     for status, seconds in answers[name]), answers[name]
+        assert "WORKER TIMEOUT" not in logs[name], logs[name][-3000:]
+        # Each connection is cut within the header timeout (10 s) plus one dribble interval;
+        # only those opened in the last seconds of the attack may still be open at its end.
+        assert max(cut) < 10 + SLOW_INTERVAL_S + 2, sorted(cut)
+        assert len(held) <= SLOW_SOCKETS, held
+        for outcome in attack.results:
+            if outcome.answer:
+                assert b"application/json" in outcome.answer and b"<html" not in outcome.answer
+
+
+# --- malformed HTTP: answered by the front server, in JSON -------------------------------------
+
+MALFORMED = {
+    "double content-length": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                             b"Content-Length: 6\r\n\r\nhello!",
+    "bad content-length": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "content-length with chunked": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "10 KB header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10240 + b"\r\n\r\n",
+    "150 headers": b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                   + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    "obs-fold": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n",
+    "control characters": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01\x7fb\r\n\r\n",
+    "bare LF": b"GET /health HTTP/1.1\nHost: x\n\n",
+    "garbage line": b"\x00\x01\x02 not http\r\n\r\n",
+    "unknown version": b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+}
+
+
+def _raw_exchange(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.settimeout(5)
+        conn.sendall(raw)
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and _body_complete(answer):
+                    break
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return answer
+
+
+def _body_complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
+@pytest.mark.parametrize("target", ["flask", "sagemaker"])
+def test_malformed_http_gets_json_never_html(target: str, require_containers: str,
+                                             request: pytest.FixtureRequest) -> None:
+    port = free_port()
+    if target == "flask":
+        box = _flask_box(request.getfixturevalue("flask_image"), require_containers, port)
+    else:
+        box = _sagemaker_box(request.getfixturevalue("sagemaker_image"), require_containers,
+                             port, request.getfixturevalue("sagemaker_model_dir"))
+    try:
+        wait_for_http(box.url("/health"), timeout=90, container=box)
+        answers = {name: _raw_exchange(port, raw) for name, raw in MALFORMED.items()}
+        healthy = requests.get(box.url("/health"), timeout=10).status_code
+    finally:
+        box.remove()
+    summary = {name: answer.split(b"\r\n", 1)[0].decode(errors="replace")
+               for name, answer in answers.items()}
+    print(f"\n[malformed http {target}] {summary}")
+    for name, answer in answers.items():
+        if not answer:
+            continue  # closed without an answer: allowed for what is not HTTP at all
+        status = int(answer.split(b" ", 2)[1])
+        assert status < 500 or status == 505, (name, answer[:300])
+        assert b"<html" not in answer.lower(), (name, answer[:300])
+        if status >= 400:
+            assert b"application/json" in answer.lower(), (name, answer[:300])
+    assert healthy == 200

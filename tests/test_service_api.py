@@ -344,15 +344,22 @@ def test_token_from_environment(monkeypatch, model_path):
 
 # --- readiness and model loading --------------------------------------------------------------
 
-def test_not_ready_until_the_model_appears(tmp_path, model_path, image, reference):
+def test_not_ready_until_the_model_appears(tmp_path, model_path, image, reference, caplog):
     target = tmp_path / "later.onnx"
-    app = create_app({"MODEL_PATH": str(target), "MODEL_REQUIRED": False,
-                      "MODEL_RETRY_SECONDS": 0})
-    client = app.test_client()
-    assert client.get("/health").status_code == 200
-    response = client.get("/ready")
+    logging.getLogger("mhist.error").addHandler(caplog.handler)
+    try:
+        app = create_app({"MODEL_PATH": str(target), "MODEL_REQUIRED": False,
+                          "MODEL_RETRY_SECONDS": 0})
+        client = app.test_client()
+        assert client.get("/health").status_code == 200
+        response = client.get("/ready")
+    finally:
+        logging.getLogger("mhist.error").removeHandler(caplog.handler)
     assert_error(response, 503, "model_not_ready")
-    assert str(target) in response.get_json()["error"]["message"]
+    # The server-side path and problem go to the log, never to the client.
+    assert str(tmp_path) not in response.get_json()["error"]["message"]
+    assert any(str(target) in r.getMessage() and "does not exist" in r.getMessage()
+               for r in caplog.records)
     assert_error(client.post("/predict", data=image, content_type="image/png"),
                  503, "model_not_ready")
     assert_error(client.get("/metadata"), 503, "model_not_ready")

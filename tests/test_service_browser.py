@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from services.app import create_app
+from tests.conftest import REPO_ROOT, unavailable
 
 pytestmark = pytest.mark.browser
 
@@ -40,9 +44,15 @@ def base_url(model_int8_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser():
+    # Skipped on a laptop without them; a failure in CI (MHIST_REQUIRE_CONTAINERS=1).
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium; make test-deps)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        unavailable(f"{CHROMIUM} is missing: run `make test-deps` "
+                    "(Debian: sudo apt-get install chromium)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        unavailable("Playwright is not installed: run `make setup` "
+                    "(or .venv/bin/pip install -c constraints.txt -e '.[dev]')")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -134,3 +144,55 @@ def test_a_bad_file_shows_the_error(page):
                                           "buffer": b"this is not an image"}])
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
     assert page.inner_text("#error").startswith("400 invalid_image")
+
+
+# ---------------------------------------------------------------- a missing browser in CI
+
+_NEEDS_A_BROWSER = '''
+import tests.test_service_browser as browser_tests
+from tests.test_service_browser import browser  # noqa: F401  the fixture under test
+
+browser_tests.CHROMIUM = {chromium!r}
+
+
+def test_needs_a_browser(browser):
+    pass
+'''
+
+
+@pytest.mark.parametrize(
+    ("missing", "install"),
+    [("chromium", "make test-deps"), ("playwright", "make setup")],
+)
+@pytest.mark.parametrize("ci", [False, True], ids=["laptop", "ci"])
+def test_a_missing_browser_skips_on_a_laptop_and_fails_in_ci(
+    missing: str, install: str, ci: bool, tmp_path: Path
+) -> None:
+    """The real `browser` fixture in a child pytest, with Chromium's path pointing nowhere or a
+    `playwright` package on the path that fails to import, as an uninstalled one does."""
+    shadow = tmp_path / "shadow"
+    if missing == "playwright":
+        (shadow / "playwright").mkdir(parents=True)
+        (shadow / "playwright" / "__init__.py").write_text(
+            "raise ImportError('No module named playwright')\n")
+    # Any existing file passes the Chromium check, which comes first, when Playwright is missing.
+    chromium = str(tmp_path / "no-chromium") if missing == "chromium" else sys.executable
+    test_file = tmp_path / "test_needs_a_browser.py"
+    test_file.write_text(_NEEDS_A_BROWSER.format(chromium=chromium))
+    env = {k: v for k, v in os.environ.items() if k != "MHIST_REQUIRE_CONTAINERS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), str(REPO_ROOT)])
+    if ci:
+        env["MHIST_REQUIRE_CONTAINERS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q",
+         "--rootdir", str(tmp_path), "-W", "ignore::pytest.PytestUnknownMarkWarning",
+         str(test_file)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = result.stdout + result.stderr
+    assert install in out, out
+    if ci:
+        assert result.returncode == 1 and "1 error" in out, out
+        assert "required in CI (MHIST_REQUIRE_CONTAINERS=1)" in out, out
+    else:
+        assert result.returncode == 0 and "1 skipped" in out, out

@@ -27,6 +27,9 @@ BAD_VALUES = {  # variable → a value it must refuse
     "ORT_SPINNING": "maybe",
     "EMF_METRICS": "sometimes",
     "SERVING_TARGET": "kubernetes",
+    "S3_INPUT_URI": "my-bucket/incoming",  # no scheme
+    "S3_OUTPUT_URI": "s3://My_Bucket/results",  # not a bucket name S3 allows
+    "S3_MAX_OBJECT_BYTES": "0",
 }
 
 
@@ -46,6 +49,31 @@ def test_empty_means_default_and_overrides_win() -> None:
     assert (settings.max_batch, settings.api_token) == (8, "t")
     with pytest.raises(SettingsError, match="unknown setting"):
         Settings.from_env({}, {"MAX_BATHC": 8})
+
+
+def test_s3_locations_are_folders_given_in_pairs_that_cannot_loop() -> None:
+    settings = Settings.from_env({"S3_INPUT_URI": "s3://slides/incoming",
+                                  "S3_OUTPUT_URI": "s3://slides/results/"})
+    assert (settings.s3_input.bucket, settings.s3_input.prefix) == ("slides", "incoming/")
+    assert str(settings.s3_output) == "s3://slides/results/"
+    assert Settings.from_env({}).s3_input is None  # the S3 flow is off by default
+    whole = Settings.from_env({"S3_INPUT_URI": "s3://slides", "S3_OUTPUT_URI": "s3://out/"})
+    assert whole.s3_input.prefix == ""
+    problems = {
+        ("s3://slides/in/", ""): "S3_INPUT_URI is set but S3_OUTPUT_URI is not",
+        ("", "s3://slides/out/"): "S3_OUTPUT_URI is set but S3_INPUT_URI is not",
+        ("s3://slides/in/", "s3://slides/in/results/"): "would trigger the function again",
+        ("s3://slides/", "s3://slides/results/"): "would trigger the function again",
+        ("s3://slides/a/a/", "s3://slides/a/"): "would trigger the function again",
+        ("s3://slides//x", "s3://out/"): "S3_INPUT_URI='s3://slides//x' is not valid",
+    }
+    for (source, results), message in problems.items():
+        with pytest.raises(SettingsError, match=re.escape(message)) as info:
+            Settings.from_env({"S3_INPUT_URI": source, "S3_OUTPUT_URI": results})
+        assert "\n" not in str(info.value)
+    # Another bucket, or a sibling folder, is fine.
+    Settings.from_env({"S3_INPUT_URI": "s3://slides/a/", "S3_OUTPUT_URI": "s3://slides/b/"})
+    Settings.from_env({"S3_INPUT_URI": "s3://slides/", "S3_OUTPUT_URI": "s3://results/"})
 
 
 def test_ort_threads_follow_the_worker_layout() -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from services.preprocessing import PreprocessSpec, preprocess
 from training.checkpoint import load_checkpoint, load_from_mlflow, save_checkpoint
-from training.data import load_annotations
+from training.data import load_annotations, split_sha256, split_train_val
 from training.metrics import roc_auc
 from training.model import WeightsError, build_model
 from training.sample_data import generate
@@ -156,6 +156,27 @@ def test_run_holds_plots_json_and_card(trained: dict, tmp_path: Path) -> None:
     counts = json.loads((local / "class_counts.json").read_text())
     assert counts["partitions"] == json.loads((Path(card["dataset"]["path"]) /
                                                "synthetic.json").read_text())["counts"]
+
+
+@pytest.mark.slow
+def test_validation_split_is_stored_with_the_model(
+    trained: dict, sample: Path, tmp_path: Path
+) -> None:
+    """Seed, fraction and fingerprint in the card and the run's params re-derive the exact split
+    training validated on (the val rows of predictions.csv), as export needs for its gates."""
+    config = trained["card"]["config"]
+    _, ckpt_card = load_checkpoint(trained["checkpoint"])
+    assert ckpt_card["config"] == config
+    params = trained["client"].get_run(trained["run_id"]).data.params
+    assert params["extra_val_split_sha256"] == config["extra"]["val_split_sha256"]
+    assert (params["seed"], params["val_fraction"]) == (str(config["seed"]),
+                                                        str(config["val_fraction"]))
+    _, val = split_train_val(load_annotations(sample), config["val_fraction"], config["seed"])
+    assert split_sha256(val) == config["extra"]["val_split_sha256"]
+    rows = Path(trained["client"].download_artifacts(
+        trained["run_id"], "predictions.csv", str(tmp_path))).read_text().splitlines()[1:]
+    validated = {row.split(",")[0] for row in rows if row.split(",")[1] == "val"}
+    assert validated == {r.name for r in val}
 
 
 @pytest.mark.slow

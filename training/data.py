@@ -11,6 +11,7 @@ seeded validation split of the train partition (`split_train_val`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import warnings
 from collections.abc import Iterable, Sequence
@@ -238,6 +239,16 @@ def split_train_val(
         )
     fit, val = train_test_split(train, test_size=val_fraction, stratify=labels, random_state=seed)
     return list(fit), list(val)
+
+
+def split_sha256(records: Iterable[Record]) -> str:
+    """Fingerprint of a split: sha256 of its sorted image names, one per line.
+
+    Stored with the model (config.extra.val_split_sha256), so export can prove that the
+    validation split it re-derives from seed and val_fraction is the one training held out.
+    """
+    names = "\n".join(sorted(r.name for r in records))
+    return hashlib.sha256(names.encode()).hexdigest()
 
 
 def is_synthetic(data_dir: str | Path) -> bool:

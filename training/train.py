@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from services.preprocessing import PreprocessSpec
-from training import CLASSES, POSITIVE_CLASS
+from training import CLASSES, POSITIVE_CLASS, input_mpp
 from training.checkpoint import CARD_FILE, save_checkpoint
 from training.data import (
     Augment,
@@ -46,6 +46,7 @@ from training.data import (
     format_counts,
     is_synthetic,
     load_annotations,
+    split_sha256,
     split_train_val,
 )
 from training.metrics import (
@@ -75,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     weights: str = "imagenet"
     image_size: int = 224
+    mpp: float | None = None  # µm/px of the network input; None: input_mpp(image_size)
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 2
@@ -109,6 +111,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "ResNet18 state_dict/checkpoint")
     p.add_argument("--image-size", type=int, default=d.image_size,
                    help="network input side in pixels (MHIST patches are 224)")
+    p.add_argument("--mpp", type=float, default=d.mpp,
+                   help="microns per pixel of the network input, stored in the checkpoint and "
+                        "the ONNX metadata for whole-slide inference (default: MHIST's 2.0 "
+                        "µm/px × 224 / --image-size)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the train partition held out (stratified) for model selection")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -147,10 +153,14 @@ class ConfigError(ValueError):
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     known = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**known)
+    if cfg.mpp is None and cfg.image_size >= 1:
+        cfg.mpp = input_mpp(cfg.image_size)
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 2, f"--batch-size must be at least 2 (BatchNorm), got {cfg.batch_size}"),
         (cfg.image_size >= 16, f"--image-size must be at least 16 pixels, got {cfg.image_size}"),
+        (cfg.mpp is not None and 0.0 < cfg.mpp < float("inf"),
+         f"--mpp must be a positive number of microns per pixel, got {cfg.mpp}"),
         (0.0 < cfg.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {cfg.val_fraction}"),
         (cfg.workers >= 0 and cfg.patience >= 0, "--workers and --patience cannot be negative"),
         (0.0 < cfg.target_sensitivity <= 1.0,
@@ -508,6 +518,9 @@ def main(args: argparse.Namespace) -> dict:
     amp = cfg.amp and device.type == "cuda"
     cfg.extra = {"device": device.type, "amp_in_effect": amp, "torch": str(torch.__version__)}
     data = build_data(cfg, device)
+    # With seed and val_fraction, this lets export re-derive the validation split for its
+    # gates and prove it is this one (stored in the card's config and as an MLflow param).
+    cfg.extra["val_split_sha256"] = split_sha256(data.val)
     print(f"data: {Path(cfg.data_dir).resolve()} — {format_counts(data.counts['partitions'])}")
     print(f"splits (val stratified from train, seed {cfg.seed}): "
           f"{json.dumps(data.counts['splits'])}")

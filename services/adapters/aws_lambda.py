@@ -11,6 +11,9 @@ Function URLs, ALB) and shapes the response; the app does everything else (route
 request ids, CORS, the log line). The guard only makes sure apig-wsgi can read the event: the
 fields it reads have the types it expects, and an `isBase64Encoded` body is base64. Anything
 else is a 400 JSON error in the event's own response shape, never an exception.
+
+With S3_INPUT_URI set, `Records` events (S3 notifications, SQS batches of them) go to the S3
+entry instead (services/adapters/s3_events.py): S3 in, S3 out.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from apig_wsgi import make_lambda_handler
 from flask import Flask
 
+from services.adapters import s3_events
 from services.app import create_app
 from services.errors import ModelLoadError, ServiceError
 from services.hooks import access_log, take_cold_start
@@ -40,8 +44,11 @@ def make_handler(config: Mapping[str, Any] | None = None) -> LambdaHandler:
     except ModelLoadError as exc:
         raise ModelLoadError(f"Lambda INIT failed: {exc}") from None
     wsgi = make_lambda_handler(app, binary_support=True)
+    s3_entry = s3_events.entry_for(app)  # None unless S3_INPUT_URI is set
 
     def handler(event: Any, context: Any) -> dict:
+        if s3_entry is not None and s3_events.is_records_event(event):
+            return s3_entry(event, context)  # S3 notifications, or SQS batches of them
         started = time.perf_counter()
         try:
             shape = event_shape(event)
@@ -118,14 +125,14 @@ def _check_v2(event: dict) -> None:
     for key in ("sourceIp", "protocol"):
         _text(http, key, f"requestContext.http.{key}")
     _path(event, "rawPath")
-    if not isinstance(event.get("rawQueryString"), str):
-        raise _bad("event: 'rawQueryString' must be a string")
+    if not _is_text(event.get("rawQueryString")):
+        raise _bad("event: 'rawQueryString' must be a string of valid Unicode")
     _string_map(event, "headers", multi=False)
     if not isinstance(event.get("headers"), dict):
         raise _bad("event: 'headers' must map names to a string")
     cookies = event.get("cookies", [])
-    if not (isinstance(cookies, list) and all(isinstance(c, str) for c in cookies)):
-        raise _bad("event: 'cookies' must be a list of strings")
+    if not (isinstance(cookies, list) and all(_is_text(c) for c in cookies)):
+        raise _bad("event: 'cookies' must be a list of strings of valid Unicode")
 
 
 def _check_body(event: dict) -> None:
@@ -136,6 +143,9 @@ def _check_body(event: dict) -> None:
     encoded = event.get("isBase64Encoded", False)
     if not isinstance(encoded, bool):
         raise _bad("event: 'isBase64Encoded' must be true or false")
+    if body and not encoded and not _is_text(body):  # base64 is checked below
+        raise _bad("event: 'body' is not valid Unicode (it holds a lone surrogate such as "
+                   "\\ud800, which has no UTF-8 encoding)")
     if encoded and body:
         try:
             base64.b64decode(body, validate=True)  # apig-wsgi's decode would skip bad bytes
@@ -146,9 +156,21 @@ def _check_body(event: dict) -> None:
             ) from None
 
 
+def _is_text(value: Any) -> bool:
+    """A str apig-wsgi can encode: JSON's "\\ud800" escapes decode to lone surrogates, and
+    apig-wsgi's UTF-8 (body, query) and Latin-1 (path) encodings raise on them."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(container: dict, key: str, shown: str | None = None) -> None:
-    if not isinstance(container.get(key), str) or not container[key]:
-        raise _bad(f"event: '{shown or key}' is missing or not a string")
+    if not _is_text(container.get(key)) or not container[key]:
+        raise _bad(f"event: '{shown or key}' is missing or not a string of valid Unicode")
 
 
 def _path(event: dict, key: str) -> None:
@@ -165,12 +187,13 @@ def _string_map(event: dict, key: str, multi: bool) -> None:
 
     def ok(item: Any) -> bool:
         if multi:
-            return isinstance(item, list) and bool(item) and all(isinstance(i, str) for i in item)
-        return isinstance(item, str)
+            return isinstance(item, list) and bool(item) and all(_is_text(i) for i in item)
+        return _is_text(item)
 
-    if not (isinstance(value, dict) and all(isinstance(k, str) and ok(v)
+    if not (isinstance(value, dict) and all(_is_text(k) and ok(v)
                                             for k, v in value.items())):
         expected = "a non-empty list of strings" if multi else "a string"
+        expected += " of valid Unicode"
         raise _bad(f"event: '{key}' must map names to {expected}")
 
 

@@ -58,21 +58,30 @@ def model_file(model_dir: Path, manifest: dict) -> Path:
     """The ONNX file to serve: the manifest's, else model.onnx, else the only *.onnx."""
     named = manifest.get("model_file")
     if named:
-        # The manifest comes from the archive: keep it from pointing outside the model folder.
         path = (model_dir / str(named)).resolve()
-        if model_dir.resolve() not in path.parents:
-            raise ModelLoadError(f"{MANIFEST_FILE} names {named!r}, outside {model_dir}")
+        _check_inside(model_dir, path, f"{MANIFEST_FILE} names {named!r}, which")
         return path
     if (model_dir / MODEL_FILE).is_file():
+        _check_inside(model_dir, model_dir / MODEL_FILE, MODEL_FILE)
         return model_dir / MODEL_FILE
     candidates = sorted(model_dir.glob("*.onnx"))
     if len(candidates) == 1:
+        _check_inside(model_dir, candidates[0], candidates[0].name)
         return candidates[0]
     found = sorted(p.name for p in model_dir.iterdir())[:20]
     raise ModelLoadError(
         f"no {MODEL_FILE} in {model_dir} (found: {', '.join(found) or 'nothing'}); "
         "build the archive with `python sagemaker/package.py`"
     )
+
+
+def _check_inside(model_dir: Path, path: Path, what: str) -> None:
+    """The folder is the archive's content: neither a manifest entry nor a symlink in it may
+    make the server read a file elsewhere (ModelLoadError)."""
+    resolved = path.resolve()
+    if model_dir.resolve() not in resolved.parents:
+        raise ModelLoadError(f"{what} resolves to {resolved}, outside the model folder "
+                             f"{model_dir}; put the ONNX file itself in the archive")
 
 
 def model_environment(environ: dict[str, str] | None = None) -> dict[str, str]:

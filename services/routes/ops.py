@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from services.hooks import has_token
 from services.openapi import openapi_spec
 from services.state import runtime
 
@@ -18,10 +19,15 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Readiness: the model is loaded (503 naming the load error otherwise)."""
-    state = runtime(current_app).state
+    """Readiness: the model is loaded (503 otherwise). With an API token set, which model is
+    loaded is for callers holding the token: probes get the status alone."""
+    current = runtime(current_app)
+    state = current.state
     state.retry_if_due()
     model = state.require()
+    token = current.settings.api_token
+    if token and not has_token(token):
+        return jsonify({"status": "ready"})
     meta = model.metadata
     return jsonify({
         "status": "ready",

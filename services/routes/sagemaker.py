@@ -24,6 +24,7 @@ JSON = "application/json"
 # What SageMaker clients send; any image/* is read too, since the decoder sniffs the format.
 ACCEPTED_TYPES = ("image/png", "image/jpeg", *payload.RAW_TYPES, JSON)
 BATCH_FIELDS = (payload.INSTANCES_FIELD, payload.BATCH_FIELD)
+SHOWN_ACCEPT_CHARS = 64  # of a refused Accept header in the 406: enough to recognise it
 
 bp = Blueprint("sagemaker", __name__)
 
@@ -79,9 +80,11 @@ def _check_accept() -> None:
     ranges = MIMEAccept([(value.split(";", 1)[0].strip(), quality)
                          for value, quality in request.accept_mimetypes])
     if ranges.best_match([JSON]) is None:
+        shown = accept if len(accept) <= SHOWN_ACCEPT_CHARS else (
+            f"{accept[:SHOWN_ACCEPT_CHARS]}... ({len(accept)} characters)")
         raise ServiceError(
             406, "not_acceptable",
-            f"Cannot answer with Accept '{accept}'; this endpoint returns {JSON} (or send */*).",
+            f"Cannot answer with Accept '{shown}'; this endpoint returns {JSON} (or send */*).",
         )
 
 

@@ -160,6 +160,40 @@ def multipage_tiff(size: tuple[int, int] = (64, 64), pages: int = 2) -> bytes:
     return encode(images[0], "TIFF", save_all=True, append_images=images[1:])
 
 
+GARBAGE_EXIF = b"garbage, not TIFF data"  # Pillow's EXIF parser raises SyntaxError on it
+
+
+def png_with_garbage_exif(size: tuple[int, int] = (64, 64)) -> bytes:
+    """A valid PNG (CRCs right) whose eXIf chunk is not TIFF data."""
+    png = small_png(size)
+    at = png.index(b"IDAT") - 4
+    return png[:at] + png_chunk(b"eXIf", GARBAGE_EXIF) + png[at:]
+
+
+def webp_with_garbage_exif(size: tuple[int, int] = (64, 64)) -> bytes:
+    return encode(Image.new("RGB", size, (180, 90, 160)), "WEBP", exif=b"Exif\0\0" + GARBAGE_EXIF)
+
+
+def tiff_with_compression_only_ifd(size: tuple[int, int] = (64, 64)) -> bytes:
+    """A TIFF whose next-IFD offset points to a second IFD holding only tag 259 (Compression):
+    counting its pages fails with TypeError "Missing dimensions"."""
+    data = bytearray(encode(Image.new("RGB", size, (10, 20, 30)), "TIFF"))
+    assert data[:4] == b"II*\0"
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd:ifd + 2])
+    next_at = ifd + 2 + 12 * count
+    data += b"\0" * (len(data) % 2)  # IFDs start on a word boundary
+    data[next_at:next_at + 4] = struct.pack("<I", len(data))
+    data += struct.pack("<HHHII", 1, 259, 3, 1, 1) + struct.pack("<I", 0)
+    return bytes(data)
+
+
+@functools.lru_cache(maxsize=4)
+def flat_png(width: int, height: int) -> bytes:
+    """A real, fully decodable PNG of one colour: 1048576x16 is 49 KB."""
+    return encode(Image.new("RGB", (width, height), (200, 120, 180)), "PNG")
+
+
 def zip_bytes() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -254,6 +288,7 @@ _SM_415 = {"sagemaker": (415, "unsupported_media_type")}
 # Over every target's limit: Flask 10 MiB, Lambda 4.5 MB, SageMaker 6 MiB by default.
 OVER_LIMIT_BYTES = 11 * 1024 * 1024
 INVALID = (400, "invalid_image")
+ASPECT = (400, "extreme_aspect_ratio")
 
 BAD_CASES: tuple[BadCase, ...] = (
     BadCase("empty-body-png", _raw("image/png", b""), (400, "empty_image")),
@@ -283,6 +318,16 @@ BAD_CASES: tuple[BadCase, ...] = (
     BadCase("png-zero-area", _raw("image/png", lambda: png_header_only(0, 64)), INVALID),
     BadCase("animated-gif", _raw("image/gif", animated_gif), INVALID),
     BadCase("multi-page-tiff", _raw("image/tiff", multipage_tiff), (400, "multi_page_image")),
+    BadCase("png-garbage-exif", _raw("image/png", png_with_garbage_exif), INVALID),
+    BadCase("webp-garbage-exif", _raw("image/webp", webp_with_garbage_exif), INVALID),
+    BadCase("tiff-next-ifd-compression-only",
+            _raw("image/tiff", tiff_with_compression_only_ifd), INVALID),
+    # Within MAX_IMAGE_PIXELS, but resizing the short side to the model's size would need
+    # billions of pixels: refused from the header, before decoding.
+    BadCase("png-1048576x16", _raw("image/png", lambda: flat_png(1_048_576, 16)), ASPECT),
+    BadCase("png-16x262144", _raw("image/png", lambda: flat_png(16, 262_144)), ASPECT),
+    BadCase("png-241x24-just-over-10-to-1", _raw("image/png", lambda: flat_png(241, 24)),
+            ASPECT),
     BadCase("json-invalid-base64", _json({"image": "***not base64***"}), (400, "invalid_base64")),
     BadCase("json-urlsafe-base64", _json({"image": "ab-_" * 8}), (400, "invalid_base64")),
     BadCase("json-base64-of-text", _json({"image": b64(TEXT)}), INVALID),
@@ -298,6 +343,12 @@ BAD_CASES: tuple[BadCase, ...] = (
     BadCase("json-image-number", _json({"image": 12345}), (400, "invalid_field_type")),
     BadCase("json-image-list", _json({"image": ["AAAA"]}), (400, "invalid_field_type")),
     BadCase("json-malformed", _json_text(b'{"image": "AAAA"'), (400, "invalid_json")),
+    # Python's int-digit limit (4300) raises ValueError, not JSONDecodeError.
+    BadCase("json-integer-5000-digits", _json_text(b'{"image": ' + b"1" * 5000 + b"}"),
+            (400, "invalid_json")),
+    BadCase("json-integer-5000-digits-batch",
+            _json_text(b'{"images": [' + b"1" * 5000 + b"]}"), (400, "invalid_json"),
+            path="/predict/batch"),
     BadCase("json-empty-body", _json_text(b""), (400, "invalid_json")),
     BadCase("json-non-utf8", _json_text('{"image": "café"}'.encode("latin-1")),
             (400, "invalid_encoding")),

@@ -92,19 +92,25 @@ def run_load(url: str, bodies: Sequence[bytes], total: int, concurrency: int,
 # and their resident memory from /proc — no psutil, no ps in a slim image.
 _WORKER_RSS = """
 import os
-for pid in sorted(p for p in os.listdir('/proc') if p.isdigit()):
+procs = {}
+for pid in (p for p in os.listdir('/proc') if p.isdigit()):
     try:
         text = open(f'/proc/{pid}/status').read()
+        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
     except OSError:
         continue
     fields = dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
-    if fields.get('PPid', '').strip() == '1':
-        print(pid, fields['VmRSS'].split()[0])
+    procs[pid] = (fields.get('PPid', '').strip(), fields.get('VmRSS', '0').split()[0], cmdline)
+# gunicorn's master: PID 1, or the one the front server started with --upstream.
+master = next((pid for pid, (_, _, cmd) in procs.items() if b'--upstream' in cmd), '1')
+for pid, (ppid, rss, _) in sorted(procs.items()):
+    if ppid == master:
+        print(pid, rss)
 """
 
 
 def worker_rss_kb(box: Container) -> dict[int, int]:
-    """{pid: VmRSS in kB} of every child of the container's PID 1."""
+    """{pid: VmRSS in kB} of every gunicorn worker (the children of gunicorn's master)."""
     result = box.exec("python", "-c", _WORKER_RSS)
     if result.returncode != 0:
         raise RuntimeError(f"reading /proc in {box.name} failed: {result.stderr}")

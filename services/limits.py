@@ -1,0 +1,107 @@
+"""Request-body limits, each 413 naming the limit it hit: the app's `request_class`.
+
+werkzeug applies MAX_CONTENT_LENGTH, the multipart part count and the size of a text field,
+but two things need help:
+- a body without Content-Length (chunked; gunicorn sets `wsgi.input_terminated`) is read up
+  to the limit and the rest is dropped: the app would parse a truncated body as if it were
+  whole. Here it is read up to the limit plus one byte, and that byte is a 413;
+- each limit raises the same bare RequestEntityTooLarge. Here the parts are counted as the
+  body streams in, so too many parts is told apart from a text field that is too large.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import IO
+
+from flask import Request
+from werkzeug.utils import cached_property
+from werkzeug.wrappers import Request as WerkzeugRequest
+
+from services.errors import ServiceError
+
+# Parts of one multipart form: a batch is at most MAX_BATCH files, so this only stops abuse
+# (werkzeug's default; each part costs a FileStorage or a string while the form is parsed).
+MAX_FORM_PARTS = 1000
+
+
+class BoundedRequest(Request):
+    """Flask's Request with the body limits above."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        boundary = self.mimetype_params.get("boundary", "")
+        if self.mimetype != "multipart/form-data":
+            boundary = ""
+        if limit is None or "wsgi.input_terminated" not in self.environ:
+            source = super().stream  # werkzeug bounds it by Content-Length (413 above limit)
+            return _CountingBody(source, None, boundary.encode()) if boundary else source
+        # The server ends the body (chunked, or at Content-Length): read it here, capped.
+        if self.content_length is not None and self.content_length > limit:
+            raise too_large(self)
+        return _CountingBody(self.environ["wsgi.input"], limit, boundary.encode())
+
+    @property
+    def max_form_parts(self) -> int:
+        # werkzeug's own count, one past ours: ours sees each delimiter before werkzeug has
+        # parsed the part after it, so a form over the limit always gets our 413.
+        return MAX_FORM_PARTS + 1
+
+
+def too_large(request: WerkzeugRequest) -> ServiceError:
+    """The 413 for a bare RequestEntityTooLarge: over Content-Length's limit, or else (a
+    multipart body within it) werkzeug's limit on a text field."""
+    limit = request.max_content_length
+    length = request.content_length
+    if request.mimetype == "multipart/form-data" and (length is None or limit is None
+                                                      or length <= limit):
+        return ServiceError(
+            413, "payload_too_large",
+            f"A text field of the form is over {request.max_form_memory_size} bytes, the limit "
+            "for a field that is not a file; upload images as file parts.",
+        )
+    what = f"{limit} bytes (MAX_CONTENT_LENGTH)" if limit else "the server's limit"
+    return ServiceError(413, "payload_too_large", f"The request body is over {what}.")
+
+
+class _CountingBody(io.RawIOBase):
+    """`source` read at most to `cap` bytes (one byte more is a 413), counting multipart
+    delimiters on the way when there is a boundary."""
+
+    def __init__(self, source: IO[bytes], cap: int | None, boundary: bytes) -> None:
+        self._source = source
+        self._cap = cap
+        self._read = 0
+        self._delimiter = b"\r\n--" + boundary if boundary else b""
+        self._tail = b"\r\n"  # the first delimiter may open the body, without a CRLF
+        self._delimiters = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = len(buffer) if self._cap is None else min(len(buffer), self._cap + 1 - self._read)
+        data = self._source.read(want)
+        self._read += len(data)
+        if self._cap is not None and self._read > self._cap:
+            raise ServiceError(
+                413, "payload_too_large",
+                f"The request body, sent without Content-Length, is over {self._cap} bytes "
+                "(MAX_CONTENT_LENGTH).",
+            )
+        if self._delimiter and data:
+            self._count(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _count(self, data: bytes) -> None:
+        window = self._tail + data
+        self._delimiters += window.count(self._delimiter)
+        self._tail = window[-(len(self._delimiter) - 1):]  # a delimiter split across reads
+        if self._delimiters > MAX_FORM_PARTS + 1:  # N parts have N + 1 (the closing one)
+            raise ServiceError(
+                413, "payload_too_large",
+                f"The multipart form has more than {MAX_FORM_PARTS} parts, the limit per "
+                "request; send one file part per image.",
+            )

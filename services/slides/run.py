@@ -1,0 +1,161 @@
+"""One slide → `<name>.tiles.csv`, `<name>.geojson`, `<name>.heatmap.png`, `<name>.summary.json`.
+
+Steps: open (resolution from the slide or --mpp) → scale and pyramid level → tissue mask on a
+thumbnail → tiles with tissue predicted in batches (streamed to the CSV and the GeoJSON as
+they come) → heatmap and summary. Files are written under temporary names and renamed at the
+end, so a slide that fails half-way leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from tqdm.auto import tqdm
+
+from services.model import InferenceModel
+from services.slides.outputs import CsvTiles, GeoJsonTiles, render_heatmap, tile_row
+from services.slides.reader import (
+    Slide,
+    choose_level,
+    level_reader,
+    library_version,
+    open_slide,
+    read_thumbnail,
+)
+from services.slides.region import require_tissue, summarise
+from services.slides.tiling import (
+    Grid,
+    Scale,
+    TileResult,
+    classify,
+    plan_grid,
+    plan_scale,
+    probability_grid,
+    thumbnail_size,
+    tissue_fractions,
+)
+from services.slides.tissue import tissue_area_mm2, tissue_mask
+
+SUFFIXES = {"tiles": ".tiles.csv", "geojson": ".geojson", "heatmap": ".heatmap.png",
+            "summary": ".summary.json"}
+
+
+@dataclass(frozen=True)
+class Options:
+    mpp: float | None = None  # µm/px of level 0, overriding the slide's own
+    stride: int | None = None  # model pixels between tiles; None: one tile (no overlap)
+    batch_size: int = 32
+    min_tissue: float = 0.5
+    progress: bool = True
+
+
+def output_paths(out: Path, slide_path: Path) -> dict[str, Path]:
+    return {kind: out / f"{slide_path.stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+
+
+def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path) -> dict:
+    """Analyse one slide into `out`; returns its summary. ServiceError on bad input."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with open_slide(path, options.mpp) as slide:
+        scale = plan_scale(model.metadata, slide.mpp)
+        grid = plan_grid(*slide.dimensions, scale, options.stride)
+        level = choose_level(slide.downsamples, scale.factor)
+        thumbnail = read_thumbnail(slide, thumbnail_size(grid))
+        mask = tissue_mask(thumbnail)
+        fractions = tissue_fractions(mask, grid)
+        count = require_tissue(fractions, options.min_tissue, path.name)
+        timings["tissue_s"] = time.perf_counter() - started
+        paths = output_paths(out, path)
+        with _staged(paths.values()) as staged:
+            t = time.perf_counter()
+            results = _predict(slide, model, grid, fractions, level, options, count,
+                               staged[paths["tiles"]], staged[paths["geojson"]])
+            timings["inference_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            values = probability_grid(results, grid)
+            meta = model.metadata
+            heatmap = render_heatmap(thumbnail, values, grid, f"P({meta.positive_class})",
+                                     meta.threshold)
+            heatmap.save(staged[paths["heatmap"]], format="PNG")
+            summary = summarise(results, values, grid, meta.threshold, slide.mpp,
+                                meta.positive_class,
+                                tissue_area_mm2(mask, slide.mpp * grid.width / mask.shape[1]))
+            timings["outputs_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - started
+            document = _summary(slide, model, scale, grid, level, options, summary, timings,
+                                paths)
+            staged[paths["summary"]].write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def _predict(slide: Slide, model: InferenceModel, grid: Grid, fractions: np.ndarray,
+             level: int, options: Options, count: int, csv_path: Path,
+             geojson_path: Path) -> list[TileResult]:
+    """Stream tile predictions into the CSV and the GeoJSON; returns the results (small
+    records, no pixels) for the heatmap and the summary."""
+    meta = model.metadata
+    results = []
+    with open(csv_path, "w", newline="", encoding="utf-8") as csv_stream, \
+            open(geojson_path, "w", encoding="utf-8") as geo_stream:
+        table = CsvTiles(csv_stream, meta.positive_class)
+        features = GeoJsonTiles(geo_stream, meta.positive_class, meta.classes, slide.path.name)
+        tiles = classify(model, grid, fractions, options.min_tissue, level_reader(slide, level),
+                         options.batch_size)
+        for result in tqdm(tiles, total=count, unit="tile", desc=slide.path.name,
+                           disable=not options.progress, leave=False):
+            row = tile_row(result, meta.positive_class)  # the grid is in level-0 pixels
+            table.add(row)
+            features.add(row)
+            results.append(result)
+        features.close()
+    return results
+
+
+@contextmanager
+def _staged(finals: Iterable[Path]) -> Iterator[dict[Path, Path]]:
+    """Temporary paths for `finals`, renamed onto them on success and deleted on failure."""
+    staged = {final: final.with_name(final.name + ".partial") for final in finals}
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: [p.unlink(missing_ok=True) for p in staged.values()])
+        yield staged
+        for final, partial in staged.items():
+            partial.replace(final)
+
+
+def _summary(slide: Slide, model: InferenceModel, scale: Scale, grid: Grid, level: int,
+             options: Options, summary: dict, timings: dict[str, float],
+             paths: dict[str, Path]) -> dict[str, Any]:
+    downsample = slide.downsamples[level]
+    meta = model.metadata
+    analysed = summary["tiles_analysed"]
+    return {
+        "slide": slide.describe(),
+        "analysis": {
+            "level": level, "level_downsample": round(downsample, 4),
+            "level_mpp": round(slide.mpp * downsample, 4), "model_mpp": meta.mpp,
+            "tile_um": scale.tile_um, "tile_px_level0": grid.tile,
+            "tile_px_read": max(1, round(grid.tile / downsample)),
+            "model_input_px": meta.preprocessing.size,
+            "resampling": f"{meta.preprocessing.interpolation} (the model's preprocessing)",
+            "stride_px_level0": grid.stride, "grid": [grid.columns, grid.rows],
+            "options": asdict(options),
+        },
+        "tiles": {"grid": grid.size, "analysed": analysed, "background": grid.size - analysed},
+        **{k: v for k, v in summary.items() if k != "tiles_analysed"},
+        "model": {**{k: meta.describe()[k] for k in ("name", "version", "precision",
+                                                     "threshold", "mpp", "provenance")},
+                  "sha256": model.sha256, "file": model.path.name},
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "tiles_per_s": round(analysed / max(timings["inference_s"], 1e-9), 1)},
+        "outputs": {kind: path.name for kind, path in paths.items()},
+        "software": {"openslide": library_version(), "onnxruntime": onnxruntime.__version__},
+    }
