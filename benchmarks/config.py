@@ -2,6 +2,8 @@
 
     MHIST_BENCH_MODE=quick|full          (or pytest --bench-mode)
     MHIST_BENCH_SKIP=torch-image,mlflow-peer   (or pytest --bench-skip; comma-separated)
+    MHIST_BENCH_ALLOW_BUSY=1             (full mode: run even when the machine is busy at start;
+                                          the report flags it either way)
     MHIST_BENCH_THREADS=N                (intra-op threads for torch and ORT; default all CPUs)
     MHIST_BENCH_RESULTS=DIR              (default benchmarks/results)
     MHIST_BENCH_CACHE=DIR                (keep/reuse the trained + exported benchmark model)
@@ -19,9 +21,11 @@ MODES = ("quick", "full")
 # What a user may skip, and what each name covers.
 SKIPPABLE = {
     "torch-image": "the PyTorch baseline container image (build, latency, cold start, size)",
-    "mlflow-peer": "`mlflow models serve` of the registered PyTorch model",
-    "torch": "everything that needs torch on the host (eager latency, torch cold start, "
-             "baseline image, MLflow peer)",
+    "mlflow-peer": "`mlflow models serve` of the registered PyTorch model and of the ONNX file",
+    "torch-int8": "PyTorch's own INT8 (PT2E + x86 quantizer + torch.compile: minutes of "
+                  "compiling on a small machine)",
+    "torch": "everything that needs torch on the host (PyTorch model-only variants, torch cold "
+             "start, baseline image, MLflow PyTorch peer)",
 }
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -63,7 +67,11 @@ class BenchConfig:
     train_images: int
     train_epochs: int
     image_size: int
+    # images every variant answers, compared with the ONNX FP32 reference (benchmarks.checks)
+    check_images: int  # model-only variants and cold starts
+    http_check_images: int  # each container and host server, before it is timed
     # iteration counts
+    model_batches: tuple[int, ...]
     warmup: int
     model_rounds: int
     preprocess_rounds: int
@@ -82,7 +90,7 @@ class BenchConfig:
 
     def skipped(self, name: str) -> bool:
         return name in self.skip or ("torch" in self.skip and name in ("torch-image",
-                                                                        "mlflow-peer"))
+                                                                        "torch-int8"))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -130,9 +138,12 @@ def load_config(mode: str | None = None, skip: str | None = None) -> BenchConfig
         server_settings=tuple(dict.fromkeys(settings)),
     )
     if mode == "quick":
-        return BenchConfig(**common, train_images=160, warmup=2, model_rounds=15,
+        # Batch 1 only: torch.compile (the PT2E INT8 variant) compiles once per batch size.
+        return BenchConfig(**common, train_images=160, check_images=8, http_check_images=4,
+                           model_batches=(1,), warmup=2, model_rounds=15,
                            preprocess_rounds=30, http_requests=15, throughput_requests=16,
                            cold_repeats=1, peer_requests=5, load_repeats=2)
-    return BenchConfig(**common, train_images=240, warmup=5, model_rounds=100,
+    return BenchConfig(**common, train_images=240, check_images=32, http_check_images=8,
+                       model_batches=(1, 8), warmup=5, model_rounds=100,
                        preprocess_rounds=200, http_requests=100, throughput_requests=96,
                        cold_repeats=3, peer_requests=30, load_repeats=5)

@@ -5,12 +5,20 @@ then `export/to_onnx.py`, run as a user runs them — but at the real input size
 latencies mean something: 1 epoch, `--weights none`, on a few hundred SYNTHETIC images. It is
 built once per session (or reused from MHIST_BENCH_CACHE=DIR across sessions).
 
-Numbers are recorded, never asserted; each benchmark asserts only that its variant produced
-valid predictions. At the end of the session benchmarks.report writes summary.md and plots.
+Speed is recorded, never asserted. Answers are: every variant's answers on the check images
+are compared with the ONNX FP32 reference (benchmarks.checks), and a wrong one fails its
+benchmark. At the end of the session benchmarks.report writes summary.md and plots; a report
+that cannot be written fails the run.
+
+With MHIST_REQUIRE_CONTAINERS=1 (CI) a benchmark whose container engine, torch, mlflow or
+PyTorch baseline image is missing FAILS instead of skipping; MHIST_BENCH_SKIP still skips
+what it names, and the report lists it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import importlib.util
 import json
 import os
@@ -19,6 +27,7 @@ import stat
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +35,24 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks.checks import TOLERANCE, Reference
 from benchmarks.config import MODES, SKIPPABLE, BenchConfig, load_config
-from benchmarks.machine import describe_machine
+from benchmarks.load import CONNECTION_POLICY
+from benchmarks.machine import (
+    BUSY_LOAD_PER_CPU,
+    busy,
+    describe_machine,
+    load_average,
+    refusal,
+    stripped_threading_env,
+    usable_cpus,
+)
 from benchmarks.store import ResultStore, write_json
 
-# The lead's fixture, imported so container benchmarks share its semantics: skip without an
-# engine, FAIL without one when MHIST_REQUIRE_CONTAINERS=1 (CI).
-from tests.conftest import REPO_ROOT, require_containers  # noqa: F401
+# The suite's fixture and rule, shared so benchmarks behave like the tests: skip without an
+# engine (or torch, mlflow, the baseline image), FAIL when MHIST_REQUIRE_CONTAINERS=1 (CI).
+from tests.conftest import REPO_ROOT, require_containers, unavailable  # noqa: F401
 
-INT8_NOTE = (
-    "INT8 vs FP32: this CPU has AVX2 but no VNNI, so onnxruntime's u8×s8 kernels cannot use "
-    "dot-product instructions and INT8 barely beats FP32 here. Cloud CPUs with AVX-512 VNNI / "
-    "AVX-VNNI (Intel Cascade Lake and later, AMD Zen 4) or ARM dot product (Graviton 2/3/4) "
-    "are expected to gain clearly more from INT8."
-)
 _STORE: ResultStore | None = None
 
 
@@ -64,20 +77,36 @@ def bench_config(pytestconfig: pytest.Config) -> BenchConfig:
 
 
 @pytest.fixture(scope="session")
-def results(bench_config: BenchConfig) -> ResultStore:
-    """This run's folder, benchmarks/results/<timestamp>/, with machine.json written first."""
+def results(request: pytest.FixtureRequest, bench_config: BenchConfig) -> ResultStore:
+    """This run's folder, benchmarks/results/<timestamp>/, with machine.json written first.
+    The load average is printed; a full run on a busy machine is refused."""
     global _STORE
+    load, cpus = load_average(), usable_cpus()
+    _say(request.config, f"benchmarks: load average {load} at start on {cpus} CPUs"
+         + (f" — BUSY (1-min load > {BUSY_LOAD_PER_CPU} × CPUs)" if busy(load, cpus) else ""))
+    refused = refusal(bench_config.mode, load, cpus)
+    if refused:
+        pytest.exit(refused, returncode=pytest.ExitCode.USAGE_ERROR)
     store = ResultStore(bench_config.results_root, bench_config.mode)
     write_json(store.dir / "machine.json", describe_machine())
-    store.set_run(config=bench_config.to_dict(), threads=bench_config.threads)
-    store.note(INT8_NOTE)
+    store.set_run(config=bench_config.to_dict(), threads=bench_config.threads,
+                  threading_env_stripped=stripped_threading_env(),
+                  http_connection_policy=CONNECTION_POLICY, tolerances=TOLERANCE)
     _STORE = store
     return store
 
 
-# Run order = the issue's order: model only first (quietest machine), containers after.
-_ORDER = ("test_model.py", "test_http.py", "test_throughput.py", "test_coldstart.py",
-          "test_size.py", "test_mlflow_peer.py")
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal, past pytest's output capture."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{line}", file=sys.stderr, flush=True)
+
+
+# Run order: the report's own tests (no measurement), then the issue's order: model only first
+# (quietest machine), containers after.
+_ORDER = ("test_report.py", "test_model.py", "test_http.py", "test_throughput.py",
+          "test_coldstart.py", "test_size.py", "test_mlflow_peer.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -107,18 +136,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write run.json's end and regenerate summary.md + plots from the raw JSON."""
+    """Write run.json's end and regenerate summary.md + plots from the raw JSON. A report
+    that cannot be written fails the run (the raw JSON stays for a rerun of the report)."""
     if _STORE is None:
         return
     _STORE.finish()
+    _say(session.config, f"benchmarks: load average {_STORE.run['load_average_at_end']} at end")
     try:
         summary = report.generate(_STORE.dir)
-    except Exception as exc:  # noqa: BLE001 - a report bug must not hide the measurements
-        print(f"\nbenchmarks: report generation failed ({exc!r}); raw JSON is in "
-              f"{_STORE.dir}", file=sys.stderr)
+    except Exception:  # noqa: BLE001 - said, and the run fails
+        _say(session.config, f"benchmarks: writing the report FAILED; raw JSON in {_STORE.dir}"
+             f"\n{traceback.format_exc()}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return
-    print(f"\nbenchmarks: {summary} ({_STORE.run['mode']} mode, "
-          f"{_STORE.run['duration_s']:.0f} s)", file=sys.stderr)
+    _say(session.config, f"benchmarks: {summary} ({_STORE.run['mode']} mode, "
+         f"{_STORE.run['duration_s']:.0f} s)")
 
 
 # --- the benchmark's model, built by the real pipeline ---------------------------------------
@@ -134,11 +166,20 @@ class BenchModel:
     tracking_uri: str
     model_uri: str  # models:/mhist-resnet18/N — what the MLflow peer serves
     classes: list[str]
-    image: Path  # one 224×224 PNG from the held-out split
+    check_images: list[Path]  # 224×224 PNGs of the test partition, both labels alternating
+    calibration_images: list[Path]  # the first training-partition images (PyTorch INT8)
+
+    @property
+    def image(self) -> Path:
+        """The one image every timed request sends (the first check image)."""
+        return self.check_images[0]
 
     @property
     def image_bytes(self) -> bytes:
         return self.image.read_bytes()
+
+    def file(self, precision: str) -> Path:
+        return {"fp32": self.fp32, "int8": self.int8}[precision]
 
 
 def _pipeline_key(config: BenchConfig) -> dict:
@@ -186,7 +227,7 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
     cached = marker.is_file() and json.loads(marker.read_text())["key"] == _pipeline_key(
         bench_config)
     if not cached and importlib.util.find_spec("torch") is None:
-        pytest.skip("training the benchmark model needs torch (pip install -e '.[training]'); "
+        unavailable("training the benchmark model needs torch (pip install -e '.[training]'); "
                     "or point MHIST_BENCH_CACHE at a folder a torch machine filled")
     if not cached:
         if work.exists() and bench_config.cache_dir:
@@ -198,7 +239,6 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
     tracking_uri = json.loads(marker.read_text())["tracking_uri"]
     export_report = json.loads((work / "onnx" / "export_report.json").read_text())
     version = export_report["source"]["registered_version"]
-    test_images = sorted((work / "data" / "images").glob("*.png"))
     from services.metadata import ModelMetadata
     from services.model import InferenceModel
 
@@ -212,8 +252,32 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
         int8=work / "onnx" / "model.int8.onnx", report=export_report,
         checkpoint=work / "checkpoints" / "best.pt", tracking_uri=tracking_uri,
         model_uri=f"models:/mhist-resnet18/{version}", classes=list(meta.classes),
-        image=test_images[0],
+        check_images=_partition_images(work / "data", "test", bench_config.check_images),
+        calibration_images=_partition_images(work / "data", "train", 32, alternate=False),
     )
+
+
+def _partition_images(data_dir: Path, partition: str, count: int,
+                      alternate: bool = True) -> list[Path]:
+    """`count` images of `partition` from annotations.csv, sorted by name; with `alternate`,
+    taking the labels in turn so that both classes are checked."""
+    with (data_dir / "annotations.csv").open(newline="") as handle:
+        rows = sorted((r["Image Name"], r["Majority Vote Label"]) for r in csv.DictReader(handle)
+                      if r["Partition"] == partition)
+    if alternate:
+        by_label: dict[str, list[str]] = {}
+        for name, label in rows:
+            by_label.setdefault(label, []).append(name)
+        turns = [list(names) for names in by_label.values()]
+        rows = [(name, "") for group in zip(*turns, strict=False) for name in group]
+        rows += [(name, "") for names in turns for name in names[min(map(len, turns)):]]
+    return [data_dir / "images" / name for name, _ in rows[:count]]
+
+
+@pytest.fixture(scope="session")
+def reference(bench_model: BenchModel) -> Reference:
+    """The ONNX FP32 file's answers on the check images: what every variant must match."""
+    return Reference.build(str(bench_model.fp32), bench_model.check_images)
 
 
 @pytest.fixture(scope="session")
@@ -231,10 +295,8 @@ def torch_available(bench_config: BenchConfig, results: ResultStore) -> None:
     """Skip (and say so in the summary) when torch is skipped or not installed."""
     if "torch" in bench_config.skip:
         pytest.skip("torch parts skipped by MHIST_BENCH_SKIP/--bench-skip")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pytest.skip("torch is not installed in this environment")
+    if importlib.util.find_spec("torch") is None:
+        unavailable("torch is not installed in this environment")
 
 
 @pytest.fixture(scope="session")
@@ -262,14 +324,15 @@ def torchscript_file(torch_available: None, bench_model: BenchModel) -> Path:
 @pytest.fixture(scope="session")
 def onnx_images(request: pytest.FixtureRequest, bench_model: BenchModel, results: ResultStore
                 ) -> dict[str, str]:
-    """Every serving image of services/targets.py (`:bench` tags), with the benchmark's INT8
-    model baked in where the target bakes one."""
+    """`{target}-{precision}` → image tag, for every serving image of services/targets.py
+    with the benchmark's FP32 and INT8 files (baked in where the target bakes one)."""
     from benchmarks.images import build_onnx_images
 
     request.getfixturevalue("require_containers")
-    built = build_onnx_images(bench_model.int8)
-    results.set_run(image_builds={k: round(v.build_s, 1) for k, v in built.items()})
-    return {name: image.tag for name, image in built.items()}
+    built = build_onnx_images({"fp32": bench_model.fp32, "int8": bench_model.int8})
+    builds = {image.tag: round(image.build_s, 1) for image in built.values()}
+    results.set_run(image_builds={**(results.run.get("image_builds") or {}), **builds})
+    return {key: image.tag for key, image in built.items()}
 
 
 @pytest.fixture(scope="session")
@@ -287,23 +350,29 @@ def baseline_image(request: pytest.FixtureRequest, bench_config: BenchConfig,
         wheel = images.torch_cpu_wheel(work / "wheels")
         built = images.build_baseline(work / "context", torchscript_file, wheel)
     except images.BaselineUnavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(f"PyTorch baseline image: {exc}")
     builds = dict(results.run.get("image_builds") or {})
-    builds["torch-baseline"] = round(built.build_s, 1)
-    results.set_run(image_builds=builds, baseline_torch_wheel=wheel.name if wheel else None)
+    builds[built.tag] = round(built.build_s, 1)
+    results.set_run(image_builds=builds, baseline_torch_wheel=wheel.name if wheel else None,
+                    baseline_torch=images.image_package_version(built.tag, "torch"))
     return built.tag
 
 
 @pytest.fixture(scope="session")
-def mounted_model_dir(bench_model: BenchModel, tmp_path_factory: pytest.TempPathFactory
-                      ) -> Path:
-    """The model folder of a target that mounts one (services/targets.py `model_mount`:
-    SageMaker's /opt/ml/model, laid out as SageMaker extracts model.tar.gz): the INT8 file as
-    model.onnx, readable by the image's non-root user (pytest's temp folders are 0700)."""
+def mounted_model_dirs(bench_model: BenchModel, tmp_path_factory: pytest.TempPathFactory
+                       ) -> dict[str, Path]:
+    """precision → the model folder of a target that mounts one (services/targets.py
+    `model_mount`: SageMaker's /opt/ml/model, laid out as SageMaker extracts model.tar.gz):
+    that file as model.onnx, readable by the image's non-root user (pytest's temp folders are
+    0700)."""
     from services.adapters.sagemaker import MODEL_FILE
 
-    folder = tmp_path_factory.mktemp("mounted-model")
-    shutil.copyfile(bench_model.int8, folder / MODEL_FILE)
-    os.chmod(folder, 0o755)
-    os.chmod(folder / MODEL_FILE, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-    return folder
+    folders = {}
+    for precision in ("fp32", "int8"):
+        folder = tmp_path_factory.mktemp(f"mounted-model-{precision}")
+        shutil.copyfile(bench_model.file(precision), folder / MODEL_FILE)
+        os.chmod(folder, 0o755)
+        os.chmod(folder / MODEL_FILE, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+        folders[precision] = folder
+    return folders
+

@@ -1,14 +1,16 @@
 """Build the images the benchmarks run: every ONNX serving image and the PyTorch baseline.
 
 The ONNX images are those of services/targets.py's registry, built with awsdeploy.images (the
-same Dockerfiles and build arguments as `make images`), with the benchmark's own INT8 model
-baked in where the target bakes one, under `:bench` tags; the engine's layer cache makes this
-cheap after the tests built the same Dockerfiles. The baseline image is built from a small,
-assembled context (the wheel and model never land in the repository).
+same Dockerfiles and build arguments as `make images`), once with the benchmark's FP32 and
+once with its INT8 file baked in where the target bakes one (a target that mounts its model
+has one image for both), under `:bench-fp32` / `:bench-int8` tags; the engine's layer cache
+makes this cheap after the tests built the same Dockerfiles. The baseline image is built from
+a small, assembled context (the wheel and model never land in the repository).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -21,18 +23,16 @@ from awsdeploy import containers, images
 from services.targets import TARGETS
 
 REPO_ROOT = containers.REPO_ROOT
-BENCH_MODEL_IN_REPO = "artifacts/mhist-bench.int8.onnx"  # .dockerignore lets artifacts/*.onnx in
+# .dockerignore lets artifacts/*.onnx into the build context
+BENCH_MODEL_IN_REPO = "artifacts/mhist-bench.{precision}.onnx"
 BASELINE_DOCKERFILE = "benchmarks/baseline/Dockerfile"
 BASELINE_TAG = "mhist-torch-baseline:bench"
 DEFAULT_TORCH_VERSION = "2.13.0"
 DEFAULT_TORCH_INDEX_URL = "https://download.pytorch.org/whl/cpu"
-# What the baseline image copies from the repository (paths relative to the root).
+# What the baseline image copies from the repository (paths relative to the root), besides
+# the services/ modules that baseline/app.py imports and what they import in turn.
 BASELINE_SOURCES = (
     "constraints.txt",
-    "services/__init__.py",
-    "services/errors.py",
-    "services/payload.py",
-    "services/preprocessing.py",
     BASELINE_DOCKERFILE,
     "benchmarks/baseline/app.py",
     "benchmarks/baseline/wheels/README.md",
@@ -51,24 +51,31 @@ class BuiltImage:
     build_s: float
 
 
-def onnx_image_tags() -> dict[str, str]:
-    """Target name → its benchmark tag, e.g. flask → mhist-flask:bench."""
-    return {name: f"{target.image}:bench" for name, target in TARGETS.items()}
+def onnx_image_tag(name: str, precision: str) -> str:
+    """e.g. mhist-flask:bench-int8; a target that mounts its model: mhist-sagemaker:bench."""
+    target = TARGETS[name]
+    return f"{target.image}:bench-{precision}" if target.bakes_model else f"{target.image}:bench"
 
 
-def build_onnx_images(model: Path, names: tuple[str, ...] = tuple(TARGETS)
+def build_onnx_images(models: dict[str, Path], names: tuple[str, ...] = tuple(TARGETS)
                       ) -> dict[str, BuiltImage]:
-    """Build each serving image with `model` baked in (one that mounts its model, SageMaker's,
-    reads it from a volume at run time)."""
-    staged = REPO_ROOT / BENCH_MODEL_IN_REPO
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    if not staged.exists() or staged.read_bytes() != model.read_bytes():
-        shutil.copyfile(model, staged)
-    built = {}
-    for name in names:
-        started = time.perf_counter()
-        tag = images.build_target(name, model=BENCH_MODEL_IN_REPO, tag=onnx_image_tags()[name])
-        built[name] = BuiltImage(name, tag, time.perf_counter() - started)
+    """`{name}-{precision}` → the built image, for every target and every precision in
+    `models` ({"fp32": file, "int8": file}); a target that mounts its model is built once."""
+    built: dict[str, BuiltImage] = {}
+    for precision, model in models.items():
+        relative = BENCH_MODEL_IN_REPO.format(precision=precision)
+        staged = REPO_ROOT / relative
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        if not staged.exists() or staged.read_bytes() != model.read_bytes():
+            shutil.copyfile(model, staged)
+        for name in names:
+            tag = onnx_image_tag(name, precision)
+            same = next((image for image in built.values() if image.tag == tag), None)
+            if same is None:
+                started = time.perf_counter()
+                images.build_target(name, model=relative, tag=tag)
+                same = BuiltImage(name, tag, time.perf_counter() - started)
+            built[f"{name}-{precision}"] = same
     return built
 
 
@@ -97,11 +104,29 @@ def torch_cpu_wheel(download_dir: Path, version: str = DEFAULT_TORCH_VERSION) ->
     return cpu[0]
 
 
+def service_modules(entry: str = "benchmarks/baseline/app.py") -> list[str]:
+    """The services/*.py files `entry` imports, directly or through each other (so a module
+    that services/ splits off later travels with its importer), plus services/__init__.py."""
+    found = {"services/__init__.py"}
+    todo = [entry]
+    while todo:
+        tree = ast.parse((REPO_ROOT / todo.pop()).read_text())
+        for node in ast.walk(tree):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                path = name.replace(".", "/") + ".py"
+                if name.startswith("services.") and path not in found:
+                    found.add(path)
+                    todo.append(path)
+    return sorted(found)
+
+
 def assemble_baseline_context(context: Path, torchscript: Path, wheel: Path | None) -> Path:
     """A build context laid out like the repository, holding only what the Dockerfile copies."""
     if context.exists():
         shutil.rmtree(context)
-    for relative in BASELINE_SOURCES:
+    for relative in (*BASELINE_SOURCES, *service_modules()):
         destination = context / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO_ROOT / relative, destination)
@@ -136,6 +161,15 @@ def build_baseline(context: Path, torchscript: Path, wheel: Path | None,
             ) from exc
         raise
     return BuiltImage("torch-baseline", BASELINE_TAG, time.perf_counter() - started)
+
+
+def image_package_version(image: str, package: str) -> str | None:
+    """`package`'s version inside `image` (from its metadata: no import, so no torch start)."""
+    done = subprocess.run(
+        [containers.engine(), "run", "--rm", "--entrypoint", "python", image, "-c",
+         f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True, text=True, timeout=300)
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:

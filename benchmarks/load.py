@@ -1,8 +1,11 @@
 """HTTP clients for the benchmarks: one request, and a bounded closed-loop load on 127.0.0.1.
 
+One client and one connection policy for every HTTP target (CONNECTION_POLICY): each request
+opens its own TCP connection, says `Connection: close`, and is timed from before the connect
+to the last byte of the body. gunicorn's sync workers close every connection anyway; giving
+the servers that could keep one alive (nginx, uvicorn) the same policy keeps the rows alike.
 http.client rather than requests: less client-side CPU per request, which matters when client
-and server share two cores. Each client thread keeps its own connection (reconnecting when a
-sync gunicorn worker closes it, as it does after every response).
+and server share two cores.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from urllib.parse import urlsplit
 
 from benchmarks.timing import latency_stats
 
+CONNECTION_POLICY = ("one new TCP connection per request (`Connection: close`), timed from "
+                     "before the connect to the last byte of the response, by one "
+                     "http.client client on 127.0.0.1")
+
 
 @dataclass
 class Response:
@@ -29,38 +36,24 @@ class Response:
 
 
 class Client:
-    """A keep-alive HTTP/1.1 connection to one host:port; `post` reconnects when needed."""
+    """Requests to one host:port, each on its own connection (CONNECTION_POLICY)."""
 
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: bytes, content_type: str) -> Response:
         started = time.perf_counter()
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self.conn.request("POST", path, body=body, headers={"Content-Type": content_type})
-                reply = self.conn.getresponse()
-                data = reply.read()
-                if reply.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return Response(reply.status, data, time.perf_counter() - started)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A kept-alive connection the server closed meanwhile: one fresh retry.
-                self.close()
-                if attempt == 2:
-                    raise
-                started = time.perf_counter()
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": content_type,
+                                                          "Connection": "close"})
+            reply = conn.getresponse()
+            data = reply.read()
+        finally:
+            conn.close()
+        return Response(reply.status, data, time.perf_counter() - started)
 
 
 def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency: int,
@@ -75,28 +68,24 @@ def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency
 
     def worker() -> None:
         client = Client(url, timeout)
-        try:
-            while True:
+        while True:
+            with lock:
+                if next(counter) >= total:
+                    return
+            try:
+                reply = client.post(path, body, content_type)
+            except (OSError, http.client.HTTPException) as exc:
                 with lock:
-                    if next(counter) >= total:
-                        return
-                try:
-                    reply = client.post(path, body, content_type)
-                except OSError as exc:
-                    with lock:
-                        errors.append(repr(exc))
-                    client.close()
-                    continue
-                problem = None if reply.status == 200 else f"HTTP {reply.status}"
-                if problem is None and validate is not None:
-                    problem = validate(reply)
-                with lock:
-                    if problem is None:
-                        latencies.append(reply.seconds)
-                    else:
-                        errors.append(f"{problem}: {reply.body[:200]!r}")
-        finally:
-            client.close()
+                    errors.append(repr(exc))
+                continue
+            problem = None if reply.status == 200 else f"HTTP {reply.status}"
+            if problem is None and validate is not None:
+                problem = validate(reply)
+            with lock:
+                if problem is None:
+                    latencies.append(reply.seconds)
+                else:
+                    errors.append(f"{problem}: {reply.body[:200]!r}")
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     started = time.perf_counter()
@@ -117,23 +106,3 @@ def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency
         "throughput_images_per_s": len(latencies) / wall if wall > 0 else 0.0,
     })
     return record
-
-
-def wait_until_ok(send, timeout: float, interval: float = 0.05) -> tuple[float, object]:
-    """Call `send()` until it returns a Response with status 200; (seconds, that response).
-
-    Connection refused/reset while the server is still starting count as "not yet".
-    """
-    started = time.perf_counter()
-    last: object = "no answer"
-    while time.perf_counter() - started < timeout:
-        try:
-            reply = send()
-        except (OSError, http.client.HTTPException) as exc:
-            last = repr(exc)
-        else:
-            if reply.status == 200:
-                return time.perf_counter() - started, reply
-            last = f"HTTP {reply.status}: {reply.body[:200]!r}"
-        time.sleep(interval)
-    raise TimeoutError(f"no 200 within {timeout:.0f} s (last: {last})")

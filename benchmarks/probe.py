@@ -13,7 +13,7 @@ model resolved from its model folder by the SageMaker adapter when the entry mou
 its test client POSTing to the entry's predict_path; a `lambda-runtime` one is the Lambda
 adapter's handler (services.adapters.aws_lambda.make_handler: INIT) invoked with an API
 Gateway v2 event; then torch-eager (training checkpoint → torchvision ResNet18) and
-torchscript (the baseline image's way).
+torchscript-frozen (the baseline image's way: TorchScript, frozen and optimized at load).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from services.targets import TARGETS as SERVING_TARGETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TORCH_PROBES = ("torch-eager", "torchscript")
+TORCH_PROBES = ("torch-eager", "torchscript-frozen")
 ONNX_PROBES = ("ort", *SERVING_TARGETS)
 TARGETS = (*ONNX_PROBES, *TORCH_PROBES)
 
@@ -124,7 +124,7 @@ def _torchscript(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
 
     marks["imported_at"] = time.monotonic()
     torch.set_num_threads(args.threads)
-    module, card = load_torchscript(args.model)
+    module, card = load_torchscript(args.model, freeze=True)
     marks["loaded_at"] = time.monotonic()
     batch = preprocess_bytes(image, PreprocessSpec.from_dict(card["preprocessing"]))[None]
     return predict(module, card, batch)
@@ -133,7 +133,7 @@ def _torchscript(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
 RUNNERS = {"ort": _ort,
            **{name: PROTOCOL_RUNNERS.get(spec.protocol, _no_driver)
               for name, spec in SERVING_TARGETS.items()},
-           "torch-eager": _torch_eager, "torchscript": _torchscript}
+           "torch-eager": _torch_eager, "torchscript-frozen": _torchscript}
 
 
 def main(argv: list[str] | None = None) -> int:

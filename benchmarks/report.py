@@ -1,53 +1,50 @@
 """Summary and plots from a results folder's raw JSON — rerunnable at any time:
 
     python -m benchmarks.report benchmarks/results/<timestamp>
+    python -m benchmarks.report benchmarks/results/<timestamp> --latest benchmarks/LATEST.md \\
+        --readme README.md
+    python -m benchmarks.report --readme README.md      # README's table from LATEST.md alone
 
 writes <folder>/summary.md (Markdown tables with ratios, the machine, what was skipped and
-why) and <folder>/plots/*.png (latency distributions, throughput vs concurrency, cold start
-and size bars). Nothing here measures anything.
+why) and <folder>/plots/*.png. Nothing here measures anything, and every sentence that states
+a result is computed from the measurements: a ratio, a comparison, a flag. What is fixed text
+says how something was measured, never what came out.
+
+README.md's benchmark table is the headline block of LATEST.md, copied between the markers
+README_BEGIN and README_END (`--readme`); benchmarks/test_report.py checks that they agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks import BASELINE
+from benchmarks.machine import BUSY_LOAD_PER_CPU, busy
 from benchmarks.store import read_results
-from services.targets import TARGETS, ServingTarget
+from benchmarks.variants import VARIANTS
+from services.targets import TARGETS
 
-MODEL_VARIANTS = ("torch-eager", "ort-fp32", "ort-int8")
-VARIANT_NAMES = {"torch-eager": "PyTorch eager (FP32)", "ort-fp32": "ORT FP32",
-                 "ort-int8": "ORT INT8", "preprocessing": "preprocessing (numpy + Pillow)"}
-
-
-def _container_label(target: ServingTarget) -> str:
-    """`<name> container, POST <path>`; the part before the comma names the image."""
-    if target.protocol == "lambda-runtime":
-        return f"{target.name} image via Runtime API (v2 event), POST {target.predict_path}"
-    return f"{target.name} container, POST {target.predict_path}"
-
-
-def _process_label(target: ServingTarget) -> str:
-    if target.protocol == "lambda-runtime":
-        return f"{target.name}: make_handler (INIT) + invoke"
-    return f"{target.name}: create_app(target {target.settings_target})"
-
-
-# The "vs" column of the HTTP table: the plain HTTP target (the Flask container).
-REFERENCE = next(name for name, target in TARGETS.items() if target.settings_target == "http")
-# Row order: the registry's targets, then the PyTorch baseline they are compared with.
-HTTP_TARGETS = {
-    **{name: _container_label(target) for name, target in TARGETS.items()},
-    BASELINE: "PyTorch baseline container, POST /predict",
-}
-PROCESS_NAMES = {
-    "ort": "ORT core (services.model)",
-    **{name: _process_label(target) for name, target in TARGETS.items()},
-    "torch-eager": "torch + torchvision (checkpoint)", "torchscript": "torch (TorchScript)",
-}
+LATEST = Path(__file__).resolve().parent / "LATEST.md"
+README_BEGIN = ("<!-- benchmarks-table:begin — generated from benchmarks/LATEST.md by "
+                "`python -m benchmarks.report --readme README.md`; do not edit -->")
+README_END = "<!-- benchmarks-table:end -->"
+README_PENDING = (
+    "benchmarks/LATEST.md was written by an earlier version of the report, before the PyTorch "
+    "variants, the FP32 containers, the ONNX MLflow peer and the answer checks were added, so "
+    "no figures are repeated here. A full run on an idle machine "
+    "(`MHIST_BENCH_MODE=full pytest benchmarks`, then `python -m benchmarks.report "
+    "benchmarks/results/<timestamp> --latest benchmarks/LATEST.md --readme README.md`) "
+    "replaces this paragraph with its table.")
+# How the report names a registry target; a new target shows its registry name.
+DISPLAY = {"flask": "Flask", "sagemaker": "SageMaker", "lambda": "Lambda"}
+PRECISION_NAMES = {"fp32": "FP32", "int8": "INT8"}
+EAGER, BEST_FP32 = "torch-eager", ("torch-eager", "torch-channels-last", "torchscript-frozen")
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -64,21 +61,94 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"×{value / base:.2f}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-# --- sections --------------------------------------------------------------------------------
+def _quartiles(rec: dict) -> tuple[float, float] | None:
+    samples = rec.get("samples_ms")
+    if not samples:
+        return None
+    q1, q3 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 75])
+    return float(q1), float(q3)
+
+
+def faster(name: str, rec: dict, other: str, other_rec: dict, key: str = "p50_ms",
+           unit: str = "ms") -> str:
+    """'A (x ms) vs B (y ms): A ×r faster' — or slower, or 'the same' — from two records'
+    `key`; for latencies with samples, whether their interquartile ranges overlap."""
+    a, b = rec.get(key), other_rec.get(key)
+    if not a or not b:
+        return f"{name} vs {other}: no data"
+    digits = 1 if unit == "ms" else 2
+    text = f"{name} ({a:.{digits}f} {unit}) vs {other} ({b:.{digits}f} {unit}): "
+    if a == b:
+        text += "the same"
+    elif a < b:
+        text += f"{name} ×{b / a:.2f} faster"
+    else:
+        text += f"{name} ×{a / b:.2f} slower"
+    qa, qb = _quartiles(rec), _quartiles(other_rec)
+    if qa and qb:
+        overlap = qa[0] <= qb[1] and qb[0] <= qa[1]
+        text += (" (their interquartile ranges overlap)" if overlap
+                 else " (their interquartile ranges do not overlap)")
+    return text
+
+
+def _answers(summary: dict | None) -> str:
+    """A table cell: worst |Δp| against the reference and how many labels agree."""
+    if not summary:
+        return "–"
+    worst = summary.get("max_abs_diff")
+    worst_text = f"{worst:.1e}" if worst is not None else "–"
+    verdict = "ok" if summary.get("ok") else "**WRONG**"
+    return (f"{verdict} — max \\|Δp\\| {worst_text} (tolerance {summary['tolerance']:g}), "
+            f"labels {summary['labels_agree']}/{summary['images']}")
+
+
+def _target_name(target: str) -> str:
+    return DISPLAY.get(target, target)
+
+
+def container_label(key: str, rec: dict | None = None) -> str:
+    """`flask-int8` → 'Flask container, INT8'; BASELINE → the PyTorch baseline container."""
+    if key == BASELINE:
+        return "PyTorch baseline container (frozen TorchScript, FP32)"
+    target, _, precision = key.rpartition("-")
+    kind = ("image via Runtime API" if target in TARGETS
+            and TARGETS[target].protocol == "lambda-runtime" else "container")
+    return f"{_target_name(target)} {kind}, {PRECISION_NAMES.get(precision, precision)}"
+
+
+# --- header, skips ---------------------------------------------------------------------------
+
+def busy_line(run: dict, machine: dict) -> str:
+    load = run.get("load_average_at_start")
+    cpus = machine.get("usable_cpus") or 1
+    limit = BUSY_LOAD_PER_CPU * cpus
+    if load is None:
+        return "- **Load**: no load average on this OS; the run was not checked for being busy."
+    if busy(load, cpus):
+        return (f"- **BUSY MACHINE**: 1-min load {load[0]} at start > {BUSY_LOAD_PER_CPU} × "
+                f"{cpus} CPUs = {limit:g}. Other jobs took CPU time during this run: its figures "
+                "are not comparable with a run on an idle machine, and ratios between rows "
+                "measured at different times are not either.")
+    return (f"- **Load**: 1-min load {load[0]} at start ≤ {BUSY_LOAD_PER_CPU} × {cpus} CPUs = "
+            f"{limit:g}: not flagged as busy.")
+
 
 def _header(data: dict) -> str:
     run, machine = data["run"], data["machine"]
     flags = machine.get("flags", {})
     flag_text = ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in flags.items())
-    versions = ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items() if v)
+    versions = machine.get("versions") or {}
+    version_text = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     model = run.get("model") or {}
-    threads = run.get("threads")
+    stripped = run.get("threading_env_stripped") or {}
+    tolerances = run.get("tolerances") or {}
     lines = [
         f"# MHIST benchmarks — {run.get('stamp')} ({run.get('mode')} mode)",
         "",
@@ -86,33 +156,45 @@ def _header(data: dict) -> str:
         f"{machine.get('usable_cpus')} usable / {machine.get('logical_cpus')} logical CPUs, "
         f"{machine.get('memory_gib')} GiB RAM; {machine.get('os')}",
         f"- **CPU flags**: {flag_text}",
-        f"- **Versions**: Python {machine.get('python')}; {versions}; "
+        f"- **Versions (host)**: Python {machine.get('python')}; {version_text}; "
         f"{machine.get('container_engine') or 'no container engine'}",
-        f"- **Threads**: torch.set_num_threads = ORT intra_op_num_threads = {threads} "
-        "(ORT inter-op 1, sequential execution) unless a row says otherwise",
+    ]
+    if run.get("baseline_torch"):
+        same = run["baseline_torch"].split("+")[0] == (versions.get("torch") or "").split("+")[0]
+        lines.append(f"- **PyTorch baseline image**: torch {run['baseline_torch']} "
+                     f"({'the same version as' if same else 'not the version of'} the host's "
+                     f"torch {versions.get('torch')}, which runs the model-only and process "
+                     "rows)")
+    lines += [
+        f"- **Threads**: torch.set_num_threads = ORT intra_op_num_threads = {run.get('threads')}"
+        " (ORT inter-op 1, sequential execution) unless a row says otherwise",
+        "- **Environment**: every timed process starts without OMP_\\*, GOMP_\\*, KMP_\\*, "
+        "MKL_\\* and OPENBLAS_\\* variables, as in the images: "
+        + (f"this run removed {', '.join(f'{k}={v}' for k, v in stripped.items())}"
+           if stripped else "none were set in this run's environment"),
+        f"- **HTTP client**: {run.get('http_connection_policy', 'not recorded')}",
+        "- **Answers**: every variant's answers on the check images are compared with the ONNX "
+        "FP32 file's, run by services.model: each probability within "
+        + ", ".join(f"{v:g} ({PRECISION_NAMES.get(k, k)})" for k, v in tolerances.items())
+        + ", and the same label wherever the reference's probability is further than that from "
+        "the threshold. A wrong answer fails the benchmark.",
         f"- **Model**: ResNet18, 2 classes, from the real pipeline (training/train.py → "
         f"export/to_onnx.py): 1 epoch, 224 px, `--weights none`, "
-        f"{model.get('train_images')} SYNTHETIC images; {model.get('uri')}. Latency does "
-        "not depend on the weights' quality; the accuracy figures below say nothing about "
-        "real polyps.",
+        f"{model.get('train_images')} SYNTHETIC images; {model.get('uri')}.",
         f"- **Run**: {run.get('duration_s', '?')} s in all"
         + (f", of which training + export {run['pipeline_s']} s" if run.get("pipeline_s")
            else "")
         + (f"; image builds (s): {run['image_builds']}" if run.get("image_builds") else ""),
         f"- **Load average** (1/5/15 min) at start {run.get('load_average_at_start')}, at end "
-        f"{run.get('load_average_at_end')}: other jobs on the machine slow every row, torch "
-        "(OpenMP threads that spin-wait) far more than onnxruntime (spinning off)",
+        f"{run.get('load_average_at_end')} (the end includes this run's own processes)",
+        busy_line(run, machine),
     ]
     if run.get("mode") == "quick":
         lines.append("- **Quick mode** (CI smoke): few samples, so p95/p99 sit near the "
                      "maximum of `n` samples; run `MHIST_BENCH_MODE=full pytest benchmarks` "
                      "for report numbers.")
-    lines.append("")
-    for note in run.get("notes", []):
-        lines.append(f"> {note}")
-        lines.append("")
-    lines.append("> Client and server share this machine's CPUs in the HTTP and throughput "
-                 "runs: the load generator's own CPU time is part of every number there.")
+    lines += ["", "> Client and server share this machine's CPUs in the HTTP, throughput and "
+              "peer runs: the load generator's own CPU time is part of every number there."]
     return "\n".join(lines)
 
 
@@ -124,86 +206,185 @@ def _skips(data: dict) -> str:
         parts += [f"- `{s['what']}` — {s['reason']}" for s in run["skipped"]]
     if run.get("failed"):
         parts.append("\n## Failed\n")
-        parts += [f"- `{f['what']}` — {f['message'].splitlines()[-1][:300] if f['message'] else ''}"
-                  for f in run["failed"]]
-    return "\n".join(parts) if parts else "Nothing was skipped."
+        parts += [f"- `{f['what']}` — {_last_line(f['message'])}" for f in run["failed"]]
+    return "\n".join(parts) if parts else "Nothing was skipped, nothing failed."
+
+
+def _last_line(message: str) -> str:
+    lines = [line for line in (message or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+# --- 1. model only ---------------------------------------------------------------------------
+
+def _model_records(model: dict, batch: int) -> dict[str, dict]:
+    return {name: model[f"{name}/b{batch}"] for name in VARIANTS if f"{name}/b{batch}" in model}
+
+
+def _best_torch_fp32(recs: dict[str, dict]) -> str | None:
+    present = [name for name in BEST_FP32 if name in recs]
+    return min(present, key=lambda name: recs[name]["p50_ms"]) if present else None
+
+
+def _label(rec: dict) -> str:
+    return rec.get("label") or VARIANTS[rec["variant"]].label
+
+
+def model_findings(model: dict, batch: int) -> list[str]:
+    """The batch's comparisons, each computed from two p50s."""
+    recs = _model_records(model, batch)
+    best = _best_torch_fp32(recs)
+    found = []
+    if best and best != EAGER and EAGER in recs:
+        comparison = faster(_label(recs[best]), recs[best], "PyTorch eager", recs[EAGER])
+        found.append(f"Fastest PyTorch FP32: {comparison}.")
+    elif best:
+        found.append(f"Fastest PyTorch FP32: {_label(recs[best])} "
+                     f"({recs[best]['p50_ms']:.1f} ms).")
+    pairs = [("ort-fp32", best), ("ort-int8", "ort-fp32"), ("ort-int8", "torch-int8"),
+             ("torch-int8", best)]
+    for one, other in pairs:
+        if one in recs and other in recs:
+            found.append(faster(_label(recs[one]), recs[one], _label(recs[other]),
+                                recs[other]) + ".")
+    return found
+
+
+def answers_findings(agreement: dict) -> list[str]:
+    """What the answer checks found, and how discriminating the check images were."""
+    if not agreement:
+        return []
+    spread = agreement.get("reference") or {}
+    variants = {k: v for k, v in agreement.items() if k != "reference"}
+    wrong = [VARIANTS[k].label if k in VARIANTS else k for k, v in variants.items()
+             if not v.get("ok")]
+    lines = [(f"Answers: **WRONG** for {', '.join(wrong)}." if wrong else
+              f"Answers: all {len(variants)} variants within tolerance of ONNX FP32 on "
+              f"{spread.get('images', '?')} check images.")]
+    if spread.get("threshold") is not None:
+        checked = spread.get("labels_checked") or {}
+        labels = ", ".join(f"{c} {n}" for c, n in (spread.get("labels") or {}).items())
+        lines.append(
+            f"The reference's P({spread['positive_class']}) on them spans "
+            f"{spread['p_positive_min']:.3f}–{spread['p_positive_max']:.3f} (threshold "
+            f"{spread['threshold']:.3f}; labels {labels}); a label mismatch counts on "
+            + ", ".join(f"{n}/{spread['images']} images for {PRECISION_NAMES.get(p, p)}"
+                        for p, n in checked.items())
+            + " (on the others the reference is within the tolerance of the threshold).")
+    return lines
 
 
 def _model_section(data: dict) -> str:
     model = data["model"]
     if not model:
         return "## 1. Model only\n\nNo data."
+    batches = sorted({rec["batch"] for key, rec in model.items()
+                      if "/b" in key and rec.get("variant") in VARIANTS})
     rows = []
-    for batch in (1, 8):
-        torch_p50 = (model.get(f"torch-eager/b{batch}") or {}).get("p50_ms")
-        for variant in MODEL_VARIANTS:
-            rec = model.get(f"{variant}/b{batch}")
-            if not rec:
-                continue
-            rows.append([VARIANT_NAMES[variant], batch, _num(rec["p50_ms"]), _num(rec["p95_ms"]),
-                         _num(rec["p99_ms"]), _num(rec["images_per_s"]),
-                         _ratio(torch_p50, rec["p50_ms"]), rec["n"]])
+    for batch in batches:
+        recs = _model_records(model, batch)
+        eager = (recs.get(EAGER) or {}).get("p50_ms")
+        for rec in recs.values():
+            rows.append([_label(rec), PRECISION_NAMES.get(rec.get("precision"), "?"), batch,
+                         _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
+                         _num(rec["images_per_s"]), _ratio(eager, rec["p50_ms"]),
+                         _num(rec.get("setup_s")), _answers(rec.get("answers")), rec["n"]])
     pre = model.get("preprocessing/png224")
     if pre:
-        rows.append([VARIANT_NAMES["preprocessing"], 1, _num(pre["p50_ms"], 2),
+        rows.append(["preprocessing (numpy + Pillow)", "–", 1, _num(pre["p50_ms"], 2),
                      _num(pre["p95_ms"], 2), _num(pre["p99_ms"], 2), _num(pre["images_per_s"]),
-                     "–", pre["n"]])
-    text = ["## 1. Model only (same weights, preprocessed input)", "",
-            _table(["variant", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s",
-                    "speed-up vs PyTorch (p50)", "n"], rows)]
-    fp32, int8 = model.get("ort-fp32/b1"), model.get("ort-int8/b1")
-    if fp32 and int8:
-        gain = fp32["p50_ms"] / int8["p50_ms"]
-        text.append(f"\nINT8 vs FP32 at batch 1: ×{gain:.2f} faster (p50).")
-        if gain > 1.3 and not data["machine"].get("int8_fast_path"):
-            # The note above expects ~×1.06 on AVX2-without-VNNI; say so when a run disagrees.
-            text.append(
-                "That is more than the ~×1.06 measured before on this kind of CPU (FIELD-NOTES: "
-                "19.3 vs 20.5 ms): without VNNI the INT8 kernels cannot be much faster per "
-                "multiply, so the gap here comes from elsewhere — less memory traffic (11 vs "
-                "45 MB of weights) and FP32 runs slowed more by the other jobs on the machine "
-                "(compare their p95). Treat the INT8 gain on this CPU as uncertain.")
-    agreement = model.get("agreement")
-    if agreement:
-        text.append("Same answers: " + ", ".join(f"{k} {v:.2g}" for k, v in agreement.items())
-                    + ".")
+                     "–", "–", "–", pre["n"]])
+    text = ["## 1. Model only (same weights, same preprocessed input)", "",
+            "Each variant in a process of its own, rounds interleaved (round r runs every "
+            "variant once, in an order rotated by r). Setup = load + build + the first call "
+            "(tracing, freezing, compiling).", "",
+            _table(["variant", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s",
+                    "speed-up vs PyTorch eager (p50)", "setup s", "answers vs ONNX FP32", "n"],
+                   rows), ""]
+    for batch in batches:
+        text += [f"Batch {batch}:", ""] + [f"- {line}" for line in model_findings(model, batch)]
+        text.append("")
+    text += answers_findings(model.get("agreement") or {})
+    settings = {}
+    for batch in batches:
+        for name, rec in _model_records(model, batch).items():
+            runtime = (f"torch {rec['torch']}, {rec.get('torch_threads')} threads"
+                       if rec.get("torch") else f"onnxruntime {rec.get('onnxruntime', '?')}")
+            settings[name] = f"- **{_label(rec)}**: {rec.get('setting', '')} ({runtime})"
+    if settings:
+        text += ["", "How each variant is set up:", "", *settings.values()]
     return "\n".join(text)
 
 
+# --- 2. HTTP ---------------------------------------------------------------------------------
+
+def _http_rows(http: dict) -> list[tuple[str, dict]]:
+    from benchmarks.targets import CONTAINER_IDS
+
+    return [(key, http[key]) for key in CONTAINER_IDS if (http.get(key) or {}).get("n")]
+
+
+def http_findings(http: dict) -> list[str]:
+    base = http.get(BASELINE)
+    found = []
+    rows = dict(_http_rows(http))
+    if base:
+        for key, rec in rows.items():
+            if key.startswith("flask-"):
+                precision = PRECISION_NAMES.get(key.rpartition("-")[2], "?")
+                found.append(faster(f"Flask container {precision}", rec, "PyTorch baseline "
+                                    "container", base) + ".")
+    if rows:
+        fastest = min(rows, key=lambda key: rows[key]["p50_ms"])
+        found.append(f"Lowest p50: {container_label(fastest)} ({rows[fastest]['p50_ms']:.1f} "
+                     "ms).")
+    return found
+
+
 def _http_section(data: dict) -> str:
-    http = data["http"]
+    http, run = data["http"], data["run"]
     if not http:
         return "## 2. End to end over HTTP\n\nNo data."
-    base = (http.get("reference/session.run") or {}).get("p50_ms")
-    reference = (http.get(REFERENCE) or {}).get("p50_ms")
+    base = (http.get(BASELINE) or {}).get("p50_ms")
     rows = []
-    for key, label in (("reference/session.run", "session.run alone (INT8, in-process)"),
-                       ("reference/predict_bytes", "predict_bytes: decode + preprocess + run")):
-        rec = http.get(key)
-        if rec:
-            rows.append([label, _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
-                         _ratio(rec["p50_ms"], base), "–", rec["n"], 0])
-    for key, label in HTTP_TARGETS.items():
-        rec = http.get(key)
-        if rec and rec.get("n"):
-            rows.append([label, _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
-                         _ratio(rec["p50_ms"], base), _ratio(rec["p50_ms"], reference), rec["n"],
-                         rec.get("errors", 0)])
+    for precision in ("fp32", "int8"):
+        for part, label in (("session.run", "session.run alone (in-process)"),
+                            ("predict_bytes", "predict_bytes: decode + preprocess + run")):
+            rec = http.get(f"reference/{precision}/{part}")
+            if rec:
+                rows.append([label, PRECISION_NAMES[precision], "–", _num(rec["p50_ms"]),
+                             _num(rec["p95_ms"]), _num(rec["p99_ms"]), "–", "–", "–", rec["n"],
+                             0])
+    for key, rec in _http_rows(http):
+        overhead = rec.get("overhead_vs_session_run")
+        rows.append([container_label(key), PRECISION_NAMES.get(rec.get("precision"), "?"),
+                     f"{rec.get('request', '?')}, {_num(rec.get('request_bytes', 0) / 1024, 0)}"
+                     " KB", _num(rec["p50_ms"]), _num(rec["p95_ms"]), _num(rec["p99_ms"]),
+                     f"×{overhead:.2f}" if overhead else "–", _ratio(base, rec["p50_ms"]),
+                     _answers(rec.get("answers")), rec["n"], rec.get("errors", 0)])
+    lambda_note = ("Lambda: no HTTP endpoint of its own; the same benchmark process times "
+                   "`invoke` from queuing the event to receiving the result (the function's "
+                   "runtime client polls the Runtime API test server on 127.0.0.1).")
     return "\n".join([
         "## 2. End to end, one 224² PNG (one worker, all CPUs as intra-op threads, "
         "sequential requests)", "",
-        _table(["target", "p50 ms", "p95 ms", "p99 ms", "overhead vs session.run (p50)",
-                f"vs {REFERENCE} container (p50)", "n", "errors"], rows),
-        "\nThe ONNX targets serve the INT8 file; the PyTorch baseline serves the FP32 "
-        "TorchScript of the same weights (torch CPU build), with the same decoding and "
-        "preprocessing code. Its long tail is torch's OpenMP threads spin-waiting for CPUs "
-        "that the client (and any other job) holds; onnxruntime runs with spinning off.",
+        f"HTTP client: {run.get('http_connection_policy', 'not recorded')}. {lambda_note} "
+        f"The PyTorch baseline serves the FP32 TorchScript of the same weights, frozen and "
+        f"optimized at load (torch {run.get('baseline_torch') or '?'}), with the same decoding "
+        "and preprocessing code.", "",
+        _table(["target", "file", "request", "p50 ms", "p95 ms", "p99 ms",
+                "÷ session.run, same file (p50)", "speed-up vs PyTorch baseline (p50)",
+                "answers vs ONNX FP32", "n", "errors"], rows), "",
+        *[f"- {line}" for line in http_findings(http)],
     ])
 
 
-def _default_label(machine: dict) -> str:
-    """The `http` target's default layout on this machine (services/settings.py, read by
-    services/gunicorn_conf.py): one worker per CPU (≤ 4), ORT threads = CPUs // workers."""
+# --- 3. throughput ---------------------------------------------------------------------------
+
+def _default_label(run: dict, machine: dict) -> str:
+    """The `http` target's default layout, as services/settings.py gave it during the run."""
+    if run.get("default_layout"):
+        return run["default_layout"]
     cpus = machine.get("usable_cpus") or 1
     workers = min(cpus, 4)
     return f"{workers}w×{max(1, cpus // workers)}ort"
@@ -223,14 +404,14 @@ def _throughput_section(data: dict) -> str:
     levels = sorted({int(c) for rec in tp.values() for c in rec["levels"]})
     pivot = [[c] + [_num((tp[label]["levels"].get(str(c)) or {}).get("throughput_images_per_s"))
                     for label in labels] for c in levels]
-    text = ["## 3. Throughput — Flask container, closed loop on 127.0.0.1", "",
-            "Layout = gunicorn workers × ORT intra-op threads (× gthreads when shown). "
-            "images/s by concurrency:", "",
-            _table(["concurrency", *labels], pivot), "", "Details:", "",
-            _table(["layout", "concurrency", "images/s", "p50 ms", "p99 ms", "errors",
-                    "requests"], rows), ""]
-    text.append(throughput_verdict(tp, _default_label(data["machine"])))
-    return "\n".join(text)
+    return "\n".join([
+        "## 3. Throughput — Flask container (INT8 file), closed loop on 127.0.0.1", "",
+        "Layout = gunicorn workers × ORT intra-op threads (× gthreads when shown). "
+        "images/s by concurrency:", "",
+        _table(["concurrency", *labels], pivot), "", "Details:", "",
+        _table(["layout", "concurrency", "images/s", "p50 ms", "p99 ms", "errors",
+                "requests"], rows), "",
+        throughput_verdict(tp, _default_label(data["run"], data["machine"]))])
 
 
 def throughput_verdict(tp: dict, default: str) -> str:
@@ -261,42 +442,91 @@ def throughput_verdict(tp: dict, default: str) -> str:
     return text + "."
 
 
+# --- 4. cold start ---------------------------------------------------------------------------
+
+def process_label(key: str) -> str:
+    """`process/flask-int8` → 'flask: create_app (target http), INT8' and so on."""
+    name = key.split("/", 1)[1]
+    if name == "torch-eager":
+        return "torch + torchvision (checkpoint), eager"
+    if name == "torchscript-frozen":
+        return "torch (TorchScript, frozen at load)"
+    probe, _, precision = name.rpartition("-")
+    if probe == "ort":
+        what = "ORT core (services.model)"
+    elif probe in TARGETS and TARGETS[probe].protocol == "lambda-runtime":
+        what = f"{_target_name(probe)}: make_handler (INIT) + invoke"
+    elif probe in TARGETS:
+        what = f"{_target_name(probe)}: create_app (target {TARGETS[probe].settings_target})"
+    else:
+        what = probe
+    return f"{what}, {PRECISION_NAMES.get(precision, precision)}"
+
+
+def coldstart_findings(cold: dict) -> list[str]:
+    found = []
+    base = cold.get(f"container/{BASELINE}")
+    for precision in ("fp32", "int8"):
+        rec = cold.get(f"container/flask-{precision}")
+        if rec and base:
+            found.append("Container start → first 200: " + faster(
+                f"Flask {PRECISION_NAMES[precision]}", rec, "PyTorch baseline", base,
+                "first_200_s_median", "s") + ".")
+    short = {"torch-eager": "torch eager", "torchscript-frozen": "frozen TorchScript"}
+    for precision in ("fp32", "int8"):
+        ours = cold.get(f"process/flask-{precision}")
+        for name, label in short.items():
+            rec = cold.get(f"process/{name}")
+            if rec and ours:
+                found.append("Process start → first prediction: " + faster(
+                    f"Flask app {PRECISION_NAMES[precision]}", ours, label, rec,
+                    "first_prediction_s_median", "s") + ".")
+    return found
+
+
 def _coldstart_section(data: dict) -> str:
     cold = data["coldstart"]
     if not cold:
         return "## 4. Cold start\n\nNo data."
-    ort = (cold.get("process/ort") or {}).get("first_prediction_s_median")
+    ort = (cold.get("process/ort-fp32") or {}).get("first_prediction_s_median")
     rows = []
-    for key, label in PROCESS_NAMES.items():
-        rec = cold.get(f"process/{key}")
-        if rec:
-            rows.append([label, _num(rec["first_prediction_s_median"], 2),
+    for key, rec in cold.items():
+        if key.startswith("process/"):
+            rows.append([process_label(key), _num(rec["first_prediction_s_median"], 2),
                          _num(rec["interpreter_s_median"], 2), _num(rec["imports_s_median"], 2),
                          _num(rec["load_s_median"], 2), _num(rec["first_predict_s_median"], 3),
                          _ratio(rec["first_prediction_s_median"], ort),
-                         ", ".join(rec["heavy_modules"]) or "–", len(
-                             rec["first_prediction_s_all"])])
+                         ", ".join(rec["heavy_modules"]) or "–",
+                         "ok" if not rec.get("answer_problems") else "**WRONG**",
+                         len(rec["first_prediction_s_all"])])
     text = ["## 4. Cold start", "",
             "Process start → first successful prediction (fresh interpreter, warm page cache):",
             "",
             _table(["process", "total s", "interpreter s", "imports s", "model load s",
-                    "first predict s", "vs ORT core", "heavy modules loaded", "n"], rows)]
-    torch_box = (cold.get(f"container/{BASELINE}") or {}).get("first_200_s_median")
+                    "first predict s", "÷ ORT core FP32", "heavy modules loaded",
+                    "answer", "n"], rows)]
+    base = (cold.get(f"container/{BASELINE}") or {}).get("first_200_s_median")
     rows = []
-    for key, label in HTTP_TARGETS.items():
-        rec = cold.get(f"container/{key}")
-        if rec:
+    for key, rec in cold.items():
+        if key.startswith("container/"):
+            name = key.split("/", 1)[1]
             extra = (f" (INIT done at {rec['init_s_median']:.2f} s)" if "init_s_median" in rec
                      else "")
-            rows.append([label.split(",")[0] + extra, _num(rec["first_200_s_median"], 2),
-                         _ratio(rec["first_200_s_median"], torch_box),
+            rows.append([container_label(name) + extra, _num(rec["first_200_s_median"], 2),
+                         _ratio(rec["first_200_s_median"], base),
+                         "ok" if not rec.get("answer_problems") else "**WRONG**",
                          len(rec["first_200_s_all"])])
     if rows:
         text += ["", "Container start (`run`) → first 200 / first Lambda response, polling with "
                  "the real prediction request:", "",
-                 _table(["image", "seconds", "vs PyTorch baseline", "n"], rows)]
+                 _table(["image", "seconds", "÷ PyTorch baseline", "answer", "n"], rows)]
+    findings = coldstart_findings(cold)
+    if findings:
+        text += [""] + [f"- {line}" for line in findings]
     return "\n".join(text)
 
+
+# --- 5. size ---------------------------------------------------------------------------------
 
 def _size_section(data: dict) -> str:
     size = data["size"]
@@ -304,14 +534,17 @@ def _size_section(data: dict) -> str:
         return "## 5. Size\n\nNo data."
     torch_mb = (size.get(BASELINE) or {}).get("image_mb")
     rows = []
-    for key, label in HTTP_TARGETS.items():
-        rec = size.get(key)
-        if rec:
-            top = ", ".join(f"{p['package']} {p['mb']:.0f}" for p in rec["top_packages"][:4])
-            rows.append([label.split(",")[0], _num(rec["image_mb"], 0), _num(rec["venv_mb"], 0),
-                         _ratio(rec["image_mb"], torch_mb), top])
+    for key, rec in size.items():
+        if key == "base":
+            continue
+        mounted = rec.get("target") in TARGETS and not TARGETS[rec["target"]].bakes_model
+        label = (f"{_target_name(rec['target'])} container (model mounted, not in the image)"
+                 if mounted else container_label(key))
+        top = ", ".join(f"{p['package']} {p['mb']:.0f}" for p in rec["top_packages"][:4])
+        rows.append([label, _num(rec["image_mb"], 0), _num(rec["venv_mb"], 0),
+                     _ratio(rec["image_mb"], torch_mb), top])
     base = size.get("base") or {}
-    text = ["## 5. Size", "", _table(["image", "image MB", "/opt/venv MB", "vs PyTorch image",
+    text = ["## 5. Size", "", _table(["image", "image MB", "/opt/venv MB", "÷ PyTorch image",
                                       "largest packages (MB)"], rows)]
     if base.get("base_image_mb"):
         text.append(f"\nBase image {base['image']}: {base['base_image_mb']:.0f} MB (in every "
@@ -319,27 +552,67 @@ def _size_section(data: dict) -> str:
     return "\n".join(text)
 
 
+# --- 6. peers --------------------------------------------------------------------------------
+
+PEER_ORDER = ("mlflow-pytorch", "mlflow-onnx-fp32", "ours-fp32", "ours-int8")
+PEER_SHORT = {"mlflow-pytorch": "MLflow (PyTorch)", "mlflow-onnx-fp32": "MLflow (ONNX FP32)",
+              "ours-fp32": "ours (ONNX FP32)", "ours-int8": "ours (ONNX INT8)"}
+
+
+def peer_findings(peer: dict) -> list[str]:
+    found = []
+    pairs = [("ours-fp32", "mlflow-onnx-fp32", "the server alone (same FP32 ONNX file)"),
+             ("mlflow-onnx-fp32", "mlflow-pytorch", "the runtime inside MLflow's server"),
+             ("ours-int8", "ours-fp32", "INT8 vs FP32 in our server")]
+    for one, other, what in pairs:
+        a, b = peer.get(one), peer.get(other)
+        if a and b:
+            found.append(f"{what}: {faster(PEER_SHORT[one], a, PEER_SHORT[other], b)}; launch "
+                         f"→ first 200 {a['first_200_s']:.2f} vs {b['first_200_s']:.2f} s.")
+    return found
+
+
 def _peer_section(data: dict) -> str:
     peer = data["peer"]
     if not peer:
-        return "## 6. Peer: `mlflow models serve`\n\nNo data."
-    ours = peer.get("onnx_flask") or {}
+        return "## 6. Peers: `mlflow models serve`\n\nNo data."
     rows = []
-    for key in ("onnx_flask", "mlflow"):
+    for key in PEER_ORDER:
         rec = peer.get(key)
         if rec:
-            rows.append([rec["server"], _num(rec["first_200_s"], 2), _num(rec.get("p50_ms")),
-                         _num(rec.get("p95_ms")), _num(rec.get("p99_ms")),
-                         _ratio(rec.get("p50_ms"), ours.get("p50_ms")),
-                         _num(rec["request_bytes"] / 1024, 0), rec.get("n")])
+            rows.append([rec["server"], rec.get("request", "?"),
+                         _num(rec["request_bytes"] / 1024, 0), _num(rec["first_200_s"], 2),
+                         _num(rec.get("p50_ms")), _num(rec.get("p95_ms")),
+                         _num(rec.get("p99_ms")), _answers(rec.get("answers")), rec.get("n"),
+                         rec.get("settings", "–")])
     return "\n".join([
-        "## 6. Peer: `mlflow models serve` (PyTorch) vs our Flask service, host processes, "
+        "## 6. Peers: `mlflow models serve` (PyTorch and ONNX) vs our service, host processes, "
         "one worker", "",
-        _table(["server", "launch → first 200 s", "p50 ms", "p95 ms", "p99 ms",
-                "p50 vs ours", "request KB", "n"], rows),
-        "\nThe MLflow server takes the preprocessed tensor as JSON (its model signature); ours "
-        "takes the PNG and preprocesses it itself.",
+        _table(["server", "request", "request KB", "launch → first 200 s", "p50 ms", "p95 ms",
+                "p99 ms", "answers vs ONNX FP32", "n", "settings"], rows), "",
+        "Each server gets the request it is built for: MLflow's rows include parsing the "
+        "tensor JSON, ours decoding and preprocessing the PNG.", "",
+        *[f"- {line}" for line in peer_findings(peer)],
     ])
+
+
+# --- 7. precision ----------------------------------------------------------------------------
+
+def model_quality_findings(cmp_: dict) -> list[str]:
+    """What the export's metrics say about the model itself (computed conditions only)."""
+    found = []
+    fp32 = cmp_.get("fp32") or {}
+    auc, balanced = fp32.get("roc_auc"), fp32.get("balanced_accuracy")
+    if auc is not None and auc < 0.5:
+        found.append(f"FP32 ROC AUC {auc:.3f} < 0.5: the model ranks the two classes worse "
+                     "than chance on these images.")
+    if balanced is not None and abs(balanced - 0.5) < 1e-9:
+        found.append("FP32 balanced accuracy 0.500: the model gives every image the same "
+                     "label.")
+    if found:
+        found.append("INT8-vs-FP32 accuracy deltas and agreement on such a model do not show "
+                     "that INT8 would keep a useful model's quality.")
+    return found
 
 
 def _precision_section(data: dict) -> str:
@@ -359,20 +632,131 @@ def _precision_section(data: dict) -> str:
                  _ratio(rec["int8"]["load_ms_median"], rec["fp32"]["load_ms_median"])]
                 + [_num((cmp_["int8"].get(m) or 0) - (cmp_["fp32"].get(m) or 0), 3)
                    for m in metrics])
-    return "\n".join([
+    text = [
         "## 7. FP32 vs INT8 (file, load, accuracy from export_report.json)", "",
         _table(["file", "size MB", "load ms", *metrics], rows),
         f"\nTop-1 agreement {cmp_.get('top1_agreement', float('nan')):.3f}, max |Δp| "
-        f"{cmp_.get('max_abs_prob_diff', float('nan')):.3g} on {cmp_.get('images')} held-out "
-        "SYNTHETIC images.",
-    ])
+        f"{cmp_.get('max_abs_prob_diff', float('nan')):.3g} on {cmp_.get('images')} "
+        f"SYNTHETIC images of the {cmp_.get('split', 'held-out')} split."]
+    text += [f"\n{line}" for line in model_quality_findings(cmp_)]
+    return "\n".join(text)
+
+
+# --- headline (README) -----------------------------------------------------------------------
+
+HEADLINE_COLUMNS = ("PyTorch eager", "PyTorch, best FP32", "PyTorch INT8 (PT2E)", "ONNX FP32",
+                    "ONNX INT8")
+
+
+def _cell(value: float | None, digits: int, name: str | None = None,
+          base: float | None = None) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}f}"
+    if base and name is None:
+        text += f" (×{value / base:.2f})"
+    return f"{text} ({name})" if name else text
+
+
+def headline_rows(data: dict) -> list[list[str]]:
+    """One row per question, one column per runtime; (×r) = the cell ÷ its row's 'PyTorch,
+    best FP32' cell."""
+    rows = []
+    model = data["model"]
+    for batch in sorted({rec["batch"] for key, rec in model.items() if "/b" in key
+                         and rec.get("variant") in VARIANTS}):
+        recs = _model_records(model, batch)
+        best = _best_torch_fp32(recs)
+        best_p50 = recs[best]["p50_ms"] if best else None
+        rows.append([f"model only, batch {batch}, p50 ms",
+                     _cell((recs.get(EAGER) or {}).get("p50_ms"), 1, base=best_p50),
+                     _cell(best_p50, 1, _label(recs[best]) if best else None),
+                     *[_cell((recs.get(n) or {}).get("p50_ms"), 1, base=best_p50)
+                       for n in ("torch-int8", "ort-fp32", "ort-int8")]])
+    http, cold, size, peer = data["http"], data["coldstart"], data["size"], data["peer"]
+
+    def trio(get, digits: int, what: str) -> list[str] | None:
+        """A row of the PyTorch baseline container against the Flask containers."""
+        base = get(BASELINE)
+        values = [get("flask-fp32"), get("flask-int8")]
+        if base is None and not any(values):
+            return None
+        return [what, "–", _cell(base, digits), "–",
+                *[_cell(v, digits, base=base) for v in values]]
+
+    for row in (
+        trio(lambda k: (http.get(k) or {}).get("p50_ms"), 1,
+             "one PNG over HTTP, Flask container (PyTorch: baseline container), p50 ms"),
+        trio(lambda k: (cold.get(f"container/{k}") or {}).get("first_200_s_median"), 2,
+             "container start → first 200, s"),
+        trio(lambda k: (size.get(k) or {}).get("image_mb"), 0, "image size, MB"),
+    ):
+        if row:
+            rows.append(row)
+    procs = {k: (cold.get(f"process/{k}") or {}).get("first_prediction_s_median")
+             for k in ("torch-eager", "torchscript-frozen", "flask-fp32", "flask-int8")}
+    if any(procs.values()):
+        base = procs["torchscript-frozen"]
+        rows.append(["process start → first prediction (app), s",
+                     _cell(procs["torch-eager"], 2, base=base), _cell(base, 2), "–",
+                     _cell(procs["flask-fp32"], 2, base=base),
+                     _cell(procs["flask-int8"], 2, base=base)])
+    if peer:
+        def p50(key: str) -> float | None:
+            return (peer.get(key) or {}).get("p50_ms")
+        rows.append(["`mlflow models serve`, tensor JSON, p50 ms", _cell(p50("mlflow-pytorch"), 1),
+                     "–", "–", _cell(p50("mlflow-onnx-fp32"), 1), "–"])
+        rows.append(["our service on the host, PNG, p50 ms", "–", "–", "–",
+                     _cell(p50("ours-fp32"), 1), _cell(p50("ours-int8"), 1)])
+    return rows
+
+
+def headline(data: dict) -> str:
+    run, machine = data["run"], data["machine"]
+    load = run.get("load_average_at_start")
+    cpus = machine.get("usable_cpus")
+    state = ("**busy machine: not comparable with an idle run**" if busy(load, cpus or 1)
+             else "not flagged as busy")
+    return "\n".join([
+        f"Run {run.get('stamp')} ({run.get('mode')} mode) on {machine.get('cpu_model')}, "
+        f"{cpus} CPUs, {run.get('threads')} threads per runtime; 1-min load at start "
+        f"{load[0] if load else '?'} ({state}). (×r) = the cell ÷ the row's \"PyTorch, best "
+        "FP32\" cell; the PyTorch baseline container serves frozen TorchScript. Details, "
+        "request formats and answer checks: benchmarks/LATEST.md.", "",
+        _table(["what", *HEADLINE_COLUMNS], headline_rows(data))])
+
+
+def extract_block(text: str) -> str | None:
+    """What stands between README_BEGIN and README_END in `text`, or None."""
+    match = re.search(re.escape(README_BEGIN) + r"\n(.*?)\n?" + re.escape(README_END), text,
+                      re.DOTALL)
+    return match.group(1).strip("\n") if match else None
+
+
+def readme_block_for(latest_text: str) -> str:
+    """What README.md's block must hold for this LATEST.md."""
+    return extract_block(latest_text) or README_PENDING
+
+
+def sync_readme(readme: Path, latest: Path = LATEST) -> None:
+    """Replace README.md's generated block with LATEST.md's headline."""
+    text = readme.read_text()
+    if extract_block(text) is None:
+        raise ValueError(f"{readme} has no {README_BEGIN!r} … {README_END!r} block: put the two "
+                         "markers where the benchmark table goes")
+    block = readme_block_for(latest.read_text())
+    start = text.index(README_BEGIN) + len(README_BEGIN)
+    end = text.index(README_END, start)
+    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
 
 
 def render(data: dict) -> str:
     return "\n\n".join([
-        _header(data), _skips(data), _model_section(data), _http_section(data),
-        _throughput_section(data), _coldstart_section(data), _size_section(data),
-        _peer_section(data), _precision_section(data),
+        _header(data),
+        "## Headline\n\n" + README_BEGIN + "\n" + headline(data) + "\n" + README_END,
+        _skips(data), _model_section(data), _http_section(data), _throughput_section(data),
+        _coldstart_section(data), _size_section(data), _peer_section(data),
+        _precision_section(data),
     ]) + "\n"
 
 
@@ -400,29 +784,30 @@ def _plots(data: dict, folder: Path) -> list[Path]:
         written.append(path)
 
     model = data["model"]
-    if model:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, batch in zip(axes, (1, 8), strict=True):
-            keys = [v for v in MODEL_VARIANTS if f"{v}/b{batch}" in model]
-            samples = [model[f"{v}/b{batch}"]["samples_ms"] for v in keys]
-            labels = [VARIANT_NAMES[v] for v in keys]
+    batches = sorted({rec["batch"] for key, rec in model.items() if "/b" in key
+                      and rec.get("variant") in VARIANTS})
+    if batches:
+        fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5),
+                                 squeeze=False)
+        for ax, batch in zip(axes[0], batches, strict=True):
+            recs = _model_records(model, batch)
+            samples = [rec["samples_ms"] for rec in recs.values()]
+            labels = [_label(rec) for rec in recs.values()]
             if batch == 1 and "preprocessing/png224" in model:
                 samples.append(model["preprocessing/png224"]["samples_ms"])
                 labels.append("preprocess")
-            if samples:
-                ax.boxplot(samples, showfliers=True)
-                ax.set_xticks(range(1, len(labels) + 1), labels, rotation=15)
+            ax.boxplot(samples, showfliers=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right")
             ax.set_title(f"model only, batch {batch}")
             ax.set_yscale("log")  # contention outliers would otherwise flatten the boxes
             ax.set_ylabel("ms per call (log)")
         save(fig, "latency_model.png")
     http = data["http"]
-    keys = [k for k in ("reference/session.run", "reference/predict_bytes", *HTTP_TARGETS)
-            if (http.get(k) or {}).get("samples_ms")]
+    keys = [key for key, rec in _http_rows(http) if rec.get("samples_ms")]
     if keys:
-        fig, ax = plt.subplots(figsize=(10, 4))
+        fig, ax = plt.subplots(figsize=(11, 4.5))
         ax.boxplot([http[k]["samples_ms"] for k in keys], showfliers=True)
-        ax.set_xticks(range(1, len(keys) + 1), [k.split("/")[-1] for k in keys], rotation=15)
+        ax.set_xticks(range(1, len(keys) + 1), keys, rotation=20, ha="right")
         ax.set_ylabel("ms per request")
         ax.set_title("end to end, one 224² PNG")
         save(fig, "latency_http.png")
@@ -442,12 +827,10 @@ def _plots(data: dict, folder: Path) -> list[Path]:
         save(fig, "throughput.png")
     cold = data["coldstart"]
     if cold:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        proc = [(PROCESS_NAMES.get(k.split("/")[1], k.split("/")[1]),
-                 v["first_prediction_s_median"])
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        proc = [(process_label(k), v["first_prediction_s_median"])
                 for k, v in cold.items() if k.startswith("process/")]
-        box = [(HTTP_TARGETS.get(k.split("/")[1], k.split("/")[1]).split(",")[0],
-                v["first_200_s_median"])
+        box = [(container_label(k.split("/", 1)[1]), v["first_200_s_median"])
                for k, v in cold.items() if k.startswith("container/")]
         for ax, pairs, title in ((left, proc, "process start → first prediction"),
                                  (right, box, "container start → first 200")):
@@ -458,9 +841,9 @@ def _plots(data: dict, folder: Path) -> list[Path]:
             ax.set(xlabel="seconds", title=title)
         save(fig, "coldstart.png")
     size = data["size"]
-    names = [k for k in HTTP_TARGETS if k in size]
+    names = [k for k in size if k != "base"]
     if names:
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(10, 4))
         xs = range(len(names))
         image_bars = ax.bar([x - 0.2 for x in xs], [size[n]["image_mb"] for n in names], 0.4,
                             label="image")
@@ -475,10 +858,11 @@ def _plots(data: dict, folder: Path) -> list[Path]:
     return written
 
 
-def generate(folder: str | Path, latest: Path | None = None) -> Path:
+def generate(folder: str | Path, latest: Path | None = None, readme: Path | None = None
+             ) -> Path:
     """Write summary.md and plots/ for `folder`; returns the summary's path. With `latest`,
     also write the summary there without plot links (benchmarks/LATEST.md is committed, the
-    plots are not)."""
+    plots are not); with `readme`, then copy LATEST.md's headline into that README."""
     folder = Path(folder)
     data = read_results(folder)
     summary = folder / "summary.md"
@@ -488,6 +872,8 @@ def generate(folder: str | Path, latest: Path | None = None) -> Path:
         latest.write_text(
             "<!-- generated by `python -m benchmarks.report benchmarks/results/"
             f"{folder.name} --latest {latest}`; do not edit by hand -->\n\n" + text)
+        if readme is not None:
+            sync_readme(readme, latest)
     if plots:
         text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
     summary.write_text(text)
@@ -497,17 +883,29 @@ def generate(folder: str | Path, latest: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate summary.md and plots from a "
                                                  "benchmarks/results/<timestamp> folder.")
-    parser.add_argument("folder", type=Path, help="benchmarks/results/<timestamp>")
+    parser.add_argument("folder", type=Path, nargs="?", default=None,
+                        help="benchmarks/results/<timestamp>")
     parser.add_argument("--latest", type=Path, default=None,
                         help="also write the summary (without plots) here, e.g. "
                              "benchmarks/LATEST.md")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="copy the headline table of --latest (default "
+                             "benchmarks/LATEST.md) into this README's generated block")
     args = parser.parse_args(argv)
     try:
-        path = generate(args.folder, args.latest)
-    except FileNotFoundError as exc:
+        if args.folder is None:
+            if args.readme is None:
+                parser.error("give a results folder, or --readme to sync README.md alone")
+            sync_readme(args.readme, args.latest or LATEST)
+            print(args.readme)
+            return 0
+        if args.readme is not None and args.latest is None:
+            parser.error("--readme with a results folder needs --latest: README.md's table is "
+                         "copied from the LATEST.md that this folder writes")
+        print(generate(args.folder, args.latest, args.readme))
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(path)
     return 0
 
 

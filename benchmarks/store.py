@@ -7,21 +7,21 @@ benchmarks.report turns a results folder into summary.md and plots/*.png.
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import load_average
+
 SECTIONS = (
-    "model",          # (1) model only: torch eager vs ORT FP32 vs ORT INT8, + preprocessing
-    "http",           # (2) end to end over HTTP, per target
+    "model",          # (1) model only: the PyTorch and ORT variants, + preprocessing
+    "http",           # (2) end to end over HTTP, per target and precision
     "throughput",     # (3) Flask container under concurrency, per worker × thread layout
     "coldstart",      # (4) process and container start → first prediction
     "size",           # (5) image and Python env sizes
-    "peer",           # (6) mlflow models serve vs our Flask service
+    "peer",           # (6) `mlflow models serve` (PyTorch, ONNX) vs our Flask service
     "precision",      # (7) FP32 vs INT8 file size, load time, accuracy
-    "pytest_benchmark",  # pytest-benchmark's own stats for the model-only runs
 )
 
 
@@ -39,7 +39,7 @@ class ResultStore:
             "stamp": stamp,
             "mode": mode,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "load_average_at_start": _load_average(),
+            "load_average_at_start": load_average(),
             "skipped": [],
             "failed": [],
             "notes": [],
@@ -76,19 +76,11 @@ class ResultStore:
     def finish(self) -> None:
         self.run["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.run["duration_s"] = round(time.time() - self.started, 1)
-        self.run["load_average_at_end"] = _load_average()
+        self.run["load_average_at_end"] = load_average()
         self.save_run()
 
     def save_run(self) -> None:
         write_json(self.dir / "run.json", self.run)
-
-
-def _load_average() -> list[float] | None:
-    """1/5/15-minute load averages: a busy machine (other jobs) shows up in every number."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def write_json(path: Path, data: Any) -> None:

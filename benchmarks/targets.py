@@ -12,11 +12,15 @@ started come from services/targets.py (the one registry); by protocol:
 
 plus BASELINE ("torch"): benchmarks/baseline, the same Flask service on torch + TorchScript,
 which is a benchmark's yardstick and never a serving target, so it is not in the registry.
+
+Every registry target runs twice, with the FP32 and with the INT8 file (CONTAINER_VARIANTS):
+"ONNX vs PyTorch" is then also measured at equal precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -33,9 +37,55 @@ from tests.support.lambda_runtime import LambdaRuntimeServer
 PNG = "image/png"
 BASELINE_PORT = 8080  # benchmarks/baseline/Dockerfile: PORT=8080
 BASELINE_PREDICT_PATH = "/predict"
-# What the container benchmarks (latency, cold start, size) run: every serving image, then the
-# PyTorch baseline they are compared with.
-CONTAINER_TARGETS: tuple[str, ...] = (*TARGETS, BASELINE)
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class ContainerVariant:
+    """One row of the container benchmarks: a target serving one precision of the model."""
+
+    key: str  # result key and test id: flask-int8, sagemaker-fp32, torch
+    target: str  # a services/targets.py name, or BASELINE
+    precision: str  # which file it serves (the PyTorch baseline: FP32 TorchScript)
+
+    @property
+    def request(self) -> str:
+        """What one prediction request is, for the report."""
+        if self.target == BASELINE:
+            return f"PNG body (`{PNG}`), POST {BASELINE_PREDICT_PATH}"
+        spec = TARGETS[self.target]
+        if spec.protocol == "lambda-runtime":
+            return (f"API Gateway v2 event, base64 PNG body, path {spec.predict_path}, "
+                    "through the Runtime API")
+        return f"PNG body (`{PNG}`), POST {spec.predict_path}"
+
+
+# What the container benchmarks (latency, cold start, size) run: every serving image with each
+# precision, then the PyTorch baseline they are compared with.
+CONTAINER_VARIANTS: tuple[ContainerVariant, ...] = (
+    *(ContainerVariant(f"{name}-{precision}", name, precision)
+      for name in TARGETS for precision in PRECISIONS),
+    ContainerVariant(BASELINE, BASELINE, "fp32"),
+)
+CONTAINER_IDS = [v.key for v in CONTAINER_VARIANTS]
+# One per distinct image: a target that mounts its model runs one image for both precisions.
+IMAGE_VARIANTS = tuple(v for v in CONTAINER_VARIANTS
+                       if v.target == BASELINE or TARGETS[v.target].bakes_model
+                       or v.precision == PRECISIONS[-1])
+
+
+def image_for(request, variant: ContainerVariant) -> str:
+    """The image of `variant`, from the session fixture that builds it (on first use)."""
+    if variant.target == BASELINE:
+        return request.getfixturevalue("baseline_image")
+    return request.getfixturevalue("onnx_images")[variant.key]
+
+
+def request_bytes(variant: ContainerVariant, png: bytes) -> int:
+    """Bytes of one prediction request's body (a Lambda event's JSON, else the PNG)."""
+    if variant.target in TARGETS and TARGETS[variant.target].protocol == "lambda-runtime":
+        return len(json.dumps(lambda_event(png, TARGETS[variant.target].predict_path)))
+    return len(png)
 
 
 def needs_model_dir(name: str) -> bool:
@@ -71,8 +121,10 @@ class LambdaTarget:
     path: str
 
     def send(self, png: bytes, timeout: float = 60.0) -> Response:
-        return lambda_response(self.runtime.invoke(lambda_event(png, self.path),
-                                                   timeout=timeout))
+        """One invocation, timed here from before the event is queued to its result."""
+        started = time.perf_counter()
+        invocation = self.runtime.invoke(lambda_event(png, self.path), timeout=timeout)
+        return lambda_response(invocation, time.perf_counter() - started)
 
 
 def lambda_event(png: bytes, path: str) -> dict:
@@ -80,10 +132,8 @@ def lambda_event(png: bytes, path: str) -> dict:
                          body=png, binary=True)
 
 
-def lambda_response(invocation) -> Response:
-    """An Invocation as an HTTP-like Response: the function's statusCode and JSON body; the
-    time is event queued → result posted (what API Gateway would wait for)."""
-    seconds = invocation.completed_at - invocation.queued_at
+def lambda_response(invocation, seconds: float) -> Response:
+    """An Invocation as an HTTP-like Response: the function's statusCode and JSON body."""
     if invocation.error is not None:
         return Response(599, json.dumps(invocation.error).encode(), seconds)
     result = invocation.response or {}
@@ -156,8 +206,7 @@ def wait_first_ok(target, png: bytes, timeout: float = 120.0) -> tuple[float, Re
     while time.perf_counter() < deadline:
         try:
             reply = target.send(png)
-        except OSError as exc:  # refused/reset while the server starts
-            target.client.close()
+        except (OSError, http.client.HTTPException) as exc:  # refused/reset while starting
             last = repr(exc)
         else:
             if reply.status == 200:
@@ -185,8 +234,6 @@ def running(name: str, image: str, **kwargs) -> Iterator:
         yield target
     finally:
         if target is not None:
-            if isinstance(target, HttpTarget):
-                target.client.close()
             target.box.remove()
         if own_runtime:
             kwargs["runtime"].stop()

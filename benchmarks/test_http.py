@@ -1,22 +1,29 @@
-"""(2) End to end for one 224² PNG: every serving target of services/targets.py (Flask
-container POST /predict, SageMaker container POST /invocations, the Lambda image through the
-Runtime API test server) and the PyTorch baseline container — p50/p95/p99 and the overhead
-against a bare `session.run` of the same INT8 model.
+"""(2) End to end for one 224² PNG: every serving target of services/targets.py with the FP32
+and with the INT8 file (Flask container POST /predict, SageMaker container POST /invocations,
+the Lambda image through the Runtime API test server) and the PyTorch baseline container —
+p50/p95/p99 and the overhead against a bare `session.run` of the same file.
 
 Each server runs one worker with all CPUs as intra-op threads (the latency-optimal layout, and
-the same thread count as the reference), one request at a time from 127.0.0.1.
+the same thread count as the reference), one request at a time from 127.0.0.1, every HTTP
+target through the same client and connection policy (benchmarks.load.CONNECTION_POLICY).
+Before it is timed, each target answers the first check images, compared with the ONNX FP32
+reference; every timed answer is compared too.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.checks import assert_valid_prediction, response_problem
+from benchmarks import BASELINE
+from benchmarks.checks import assert_answers_ok, cross_check, response_checker
 from benchmarks.load import closed_loop
 from benchmarks.targets import (
-    BASELINE,
-    CONTAINER_TARGETS,
+    CONTAINER_IDS,
+    CONTAINER_VARIANTS,
+    PRECISIONS,
     LambdaTarget,
+    image_for,
+    request_bytes,
     running,
     wait_first_ok,
 )
@@ -25,31 +32,41 @@ from services.model import InferenceModel
 from services.preprocessing import preprocess_bytes
 
 
-@pytest.fixture(scope="module")
-def reference(bench_model, bench_config, png_224, results) -> dict:
-    """The floor every target is compared with: session.run alone, and the in-process core
-    (decode + preprocess + run + JSON-ready dict) — same INT8 file, same threads."""
-    model = InferenceModel(bench_model.int8, threads=bench_config.threads)
+def _in_process(model: InferenceModel, png: bytes, rounds: int, warmup: int
+                ) -> tuple[dict, dict]:
+    """(session.run alone, predict_bytes: decode + preprocess + run) latency stats."""
     meta = model.metadata
-    batch = preprocess_bytes(png_224, meta.preprocessing)[None]  # (1, 3, 224, 224)
-    rounds = max(bench_config.http_requests, 20)
-    raw = latency_stats(time_calls(
-        lambda: model.session.run([meta.output_name], {meta.input_name: batch}), rounds,
-        bench_config.warmup))
-    core = latency_stats(time_calls(lambda: model.predict_bytes(png_224), rounds,
-                                    bench_config.warmup))
-    results.put("http", "reference/session.run", {"target": "session.run (int8)", **raw})
-    results.put("http", "reference/predict_bytes", {"target": "in-process predict_bytes", **core})
-    return raw
+    batch = preprocess_bytes(png, meta.preprocessing)[None]  # (1, 3, 224, 224)
+    raw = time_calls(lambda: model.session.run([meta.output_name], {meta.input_name: batch}),
+                     rounds, warmup)
+    core = time_calls(lambda: model.predict_bytes(png), rounds, warmup)
+    return latency_stats(raw), latency_stats(core)
 
 
-def _measure(target, png: bytes, classes: list[str], config) -> dict:
-    """Sequential requests (concurrency 1) after a short warm-up; every answer validated."""
+@pytest.fixture(scope="module")
+def session_run_p50(bench_model, bench_config, png_224, results) -> dict[str, float]:
+    """precision → p50 ms of session.run alone: the floor every target is compared with. The
+    in-process core (decode + preprocess + run + JSON-ready dict) is recorded too."""
+    floors = {}
+    for precision in PRECISIONS:
+        model = InferenceModel(bench_model.file(precision), threads=bench_config.threads)
+        raw, core = _in_process(model, png_224, max(bench_config.http_requests, 20),
+                                bench_config.warmup)
+        results.put("http", f"reference/{precision}/session.run",
+                    {"target": "session.run", "precision": precision, **raw})
+        results.put("http", f"reference/{precision}/predict_bytes",
+                    {"target": "predict_bytes", "precision": precision, **core})
+        floors[precision] = raw["p50_ms"]
+    return floors
+
+
+def _measure(target, png: bytes, check, config) -> dict:
+    """Sequential requests (concurrency 1) after a short warm-up; every answer checked."""
     if isinstance(target, LambdaTarget):
         samples, problems = [], []
         for i in range(config.warmup + config.http_requests):
             reply = target.send(png)
-            problem = response_problem(reply, classes) if reply.status == 200 else (
+            problem = check(reply) if reply.status == 200 else (
                 f"status {reply.status}: {reply.body[:200]!r}")
             if problem:
                 problems.append(problem)
@@ -60,22 +77,29 @@ def _measure(target, png: bytes, classes: list[str], config) -> dict:
         return record
     closed_loop(target.base_url, target.path, png, "image/png", 1, config.warmup)
     return closed_loop(target.base_url, target.path, png, "image/png", 1, config.http_requests,
-                       validate=lambda r: response_problem(r, classes))
+                       validate=check)
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("name", CONTAINER_TARGETS)
-def test_http_latency(name, request, bench_model, bench_config, png_224, reference, results,
-                      mounted_model_dir):
-    image = (request.getfixturevalue("baseline_image") if name == BASELINE
-             else request.getfixturevalue("onnx_images")[name])
-    with running(name, image, threads=bench_config.threads,
-                 model_dir=mounted_model_dir) as target:
+@pytest.mark.parametrize("variant", CONTAINER_VARIANTS, ids=CONTAINER_IDS)
+def test_http_latency(variant, request, bench_model, bench_config, png_224, reference,
+                      session_run_p50, results, mounted_model_dirs):
+    image = image_for(request, variant)
+    check = response_checker(reference, bench_model.image.name, variant.precision)
+    with running(variant.target, image, threads=bench_config.threads,
+                 model_dir=mounted_model_dirs[variant.precision]) as target:
         _, first = wait_first_ok(target, png_224)
-        assert_valid_prediction(first.json(), bench_model.classes)
-        record = _measure(target, png_224, bench_model.classes, bench_config)
-    record.update(target=name, image=image, threads=bench_config.threads,
-                  overhead_vs_session_run=record.get("p50_ms", 0) / reference["p50_ms"])
-    results.put("http", name, record)
+        assert check(first) is None, check(first)
+        answers = cross_check(target.send, reference,
+                              bench_model.check_images[:bench_config.http_check_images],
+                              variant.precision)
+        record = _measure(target, png_224, check, bench_config)
+    record.update(target=variant.target, precision=variant.precision, image=image,
+                  request=variant.request, request_bytes=request_bytes(variant, png_224),
+                  threads=bench_config.threads, answers=answers)
+    if variant.target != BASELINE and record.get("p50_ms"):
+        record["overhead_vs_session_run"] = record["p50_ms"] / session_run_p50[variant.precision]
+    results.put("http", variant.key, record)
+    assert_answers_ok(answers)
     assert record["errors"] == 0, record["error_examples"]
     assert record["n"] == bench_config.http_requests

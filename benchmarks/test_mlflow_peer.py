@@ -1,13 +1,23 @@
-"""(6) A peer, side by side: `mlflow models serve` of the registered PyTorch model (the MLflow
-way to serve it) vs our Flask service (gunicorn + ONNX INT8), both as plain host processes on
-127.0.0.1 with one worker and the same thread count: launch → first 200, then per-request
-latency. The peer takes the preprocessed tensor as JSON (`{"inputs": …}`, its signature);
-ours takes the PNG bytes and preprocesses them itself — the request each is built for.
+"""(6) Peers, side by side, as plain host processes on 127.0.0.1 with one worker and the same
+thread count: launch → first 200, then per-request latency, every server timed by the same
+client (benchmarks.load.CONNECTION_POLICY).
+
+- `mlflow models serve` of the registered PyTorch model (the MLflow way to serve it);
+- `mlflow models serve` of the benchmark's FP32 ONNX file (onnx flavour, session options as
+  ours): against our server with the same file, this is "our server vs MLflow's" apart from
+  "ORT vs torch";
+- our service (`python -m services.server`, gunicorn) with the FP32 and with the INT8 file.
+
+Each takes the request it is built for (PEERS[…]["request"], in the report beside its
+numbers): MLflow the preprocessed tensor as JSON (`{"inputs": …}`, its signature), ours the
+PNG bytes, which it preprocesses itself. Each answers the check images first; every answer is
+compared with the ONNX FP32 reference.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -22,14 +32,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.checks import assert_valid_prediction, response_problem
-from benchmarks.load import Client, closed_loop
+from benchmarks.checks import (
+    assert_answers_ok,
+    cross_check,
+    logits_to_probabilities,
+    response_checker,
+)
+from benchmarks.load import Client, Response, closed_loop
+from benchmarks.machine import production_env
 from benchmarks.probe import REPO_ROOT
-from services.model import InferenceModel, softmax
+from services.model import InferenceModel
 from services.preprocessing import preprocess_bytes
+from tests.conftest import unavailable
 from tests.support.containers import free_port
 
 VENV_BIN = Path(sys.executable).parent
+TENSOR_REQUEST = "preprocessed (1, 3, 224, 224) float32 tensor as JSON `{\"inputs\": …}`"
+PNG_REQUEST = "PNG body (`image/png`), POST /predict"
+PEERS = {
+    "mlflow-pytorch": {"server": "`mlflow models serve`, PyTorch model (registry)",
+                       "precision": "fp32", "request": TENSOR_REQUEST},
+    "mlflow-onnx-fp32": {"server": "`mlflow models serve`, ONNX FP32 file (onnx flavour)",
+                         "precision": "fp32", "request": TENSOR_REQUEST},
+    "ours-fp32": {"server": "our gunicorn service (services/), ONNX FP32 file",
+                  "precision": "fp32", "request": PNG_REQUEST},
+    "ours-int8": {"server": "our gunicorn service (services/), ONNX INT8 file",
+                  "precision": "int8", "request": PNG_REQUEST},
+}
 
 
 @contextlib.contextmanager
@@ -37,7 +66,7 @@ def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]
     """A server process in its own session, ended (SIGTERM, then SIGKILL) by its group id.
     Its output goes to a temporary file, quoted when it fails to come up."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log,
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         proc.log = log  # type: ignore[attr-defined]
         try:
@@ -57,104 +86,174 @@ def _log_tail(proc: subprocess.Popen) -> str:
     return proc.log.read()[-3000:].decode("utf-8", "replace")  # type: ignore[attr-defined]
 
 
-def _first_ok(proc: subprocess.Popen, url: str, path: str, body: bytes, content_type: str,
-              started: float, timeout: float = 180.0) -> tuple[float, bytes]:
-    client = Client(url)
+def _first_ok(proc: subprocess.Popen, client: Client, path: str, body: bytes,
+              content_type: str, started: float, timeout: float = 180.0) -> float:
     deadline = started + timeout
-    try:
-        while time.perf_counter() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n"
-                                   f"{_log_tail(proc)}")
-            try:
-                reply = client.post(path, body, content_type)
-            except OSError:
-                client.close()
-            else:
-                if reply.status == 200:
-                    return time.perf_counter() - started, reply.body
-            time.sleep(0.05)
-    finally:
-        client.close()
-    raise TimeoutError(f"{url}{path}: no 200 within {timeout:.0f} s:\n{_log_tail(proc)}")
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n"
+                               f"{_log_tail(proc)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if client.post(path, body, content_type).status == 200:
+                return time.perf_counter() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"port {client.port}{path}: no 200 within {timeout:.0f} s:\n"
+                       f"{_log_tail(proc)}")
+
+
+def _tensor_body(png: bytes, spec) -> bytes:
+    tensor = preprocess_bytes(png, spec)[None]  # (1, 3, 224, 224)
+    return json.dumps({"inputs": tensor.tolist()}).encode()
 
 
 def _peer_logits(body: bytes) -> np.ndarray:
-    """The peer's answer as (N, C) logits: {"predictions": [[l0, l1]]}, or DataFrame records
-    ({"predictions": [{"0": l0, "1": l1}]}) depending on the MLflow version."""
-    rows = json.loads(body)["predictions"]
-    if rows and isinstance(rows[0], dict):
-        rows = [list(row.values()) for row in rows]
-    return np.asarray(rows, dtype=np.float64)
+    """An MLflow answer as (N, C) logits: {"predictions": [[l0, l1]]}, DataFrame records
+    ([{"0": l0, "1": l1}]) or, from the onnx flavour, {"predictions": {output: [[…]]}}."""
+    predictions = json.loads(body)["predictions"]
+    if isinstance(predictions, dict):
+        (predictions,) = predictions.values()
+    if predictions and isinstance(predictions[0], dict):
+        predictions = [list(row.values()) for row in predictions]
+    return np.asarray(predictions, dtype=np.float64)
 
 
-def _peer_problem(reply, classes: list[str]) -> str | None:
-    """Valid = one finite row of logits, one per class."""
+def _as_prediction(reply: Response, classes: list[str]) -> Response:
+    """An MLflow reply rewritten as our prediction JSON, so one checker serves all peers."""
+    if reply.status != 200:
+        return reply
     try:
-        rows = _peer_logits(reply.body)
+        logits = _peer_logits(reply.body)
     except (ValueError, KeyError, TypeError) as exc:
-        return f"unexpected body ({exc}): {reply.body[:200]!r}"
-    if rows.shape != (1, len(classes)) or not np.isfinite(rows).all():
-        return f"logits of shape {rows.shape}: {rows!r:.200}"
-    return None
+        return Response(reply.status, f"unexpected body ({exc}): {reply.body[:200]!r}"
+                        .encode(), reply.seconds)
+    if logits.shape != (1, len(classes)):
+        return Response(reply.status, f"logits of shape {logits.shape}".encode(),
+                        reply.seconds)
+    body = {"probabilities": logits_to_probabilities(logits[0], classes)}
+    return Response(reply.status, json.dumps(body).encode(), reply.seconds)
 
 
-def _serve(name: str, args: list[str], env: dict[str, str], port: int, path: str, body: bytes,
-           content_type: str, validate, config) -> tuple[dict, bytes]:
-    """Launch → first 200 (seconds), then sequential requests; (record, first response body)."""
+def _serve(name: str, args: list[str], env: dict[str, str], port: int, *, path: str,
+           content_type: str, encode, bench_model, config, reference) -> dict:
+    """Launch → first 200 (seconds), the check images, then sequential timed requests."""
+    spec = PEERS[name]
+    client = Client(f"http://127.0.0.1:{port}")
+    classes = list(reference.classes)
+
+    def as_ours(reply: Response) -> Response:
+        return _as_prediction(reply, classes) if content_type == "application/json" else reply
+
+    check = response_checker(reference, bench_model.image.name, spec["precision"])
+    body = encode(bench_model.image_bytes)
     started = time.perf_counter()
     with _process(args, env) as proc:
+        cold = _first_ok(proc, client, path, body, content_type, started)
+        answers = cross_check(lambda png: as_ours(client.post(path, encode(png), content_type)),
+                              reference, bench_model.check_images[:config.http_check_images],
+                              spec["precision"])
         url = f"http://127.0.0.1:{port}"
-        cold, first = _first_ok(proc, url, path, body, content_type, started)
         closed_loop(url, path, body, content_type, 1, config.warmup)
         record = closed_loop(url, path, body, content_type, 1, config.peer_requests,
-                             validate=validate)
-    record.update(server=name, first_200_s=cold, request_bytes=len(body))
-    return record, first
+                             validate=lambda reply: check(as_ours(reply)))
+    record.update(**spec, first_200_s=cold, request_bytes=len(body), answers=answers)
+    return record
+
+
+def _mlflow_args(model: str, port: int) -> list[str]:
+    return [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+
+
+def _mlflow_env(extra: dict[str, str]) -> dict[str, str]:
+    # PATH: the server execs `uvicorn` by name, which lives beside this interpreter.
+    return production_env({**extra,
+                           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
 
 
 @pytest.fixture(scope="module")
-def peer_ready(bench_config, torch_available) -> None:
+def mlflow_ready(bench_config) -> None:
     if bench_config.skipped("mlflow-peer"):
-        pytest.skip("MLflow peer skipped by MHIST_BENCH_SKIP/--bench-skip")
+        pytest.skip("MLflow peers skipped by MHIST_BENCH_SKIP/--bench-skip")
     if importlib.util.find_spec("mlflow") is None:
-        pytest.skip("mlflow is not installed in this environment")
+        unavailable("mlflow is not installed in this environment")
 
 
-def test_mlflow_serve_peer(peer_ready, bench_model, bench_config, png_224, results):
-    model = InferenceModel(bench_model.int8, threads=1)
-    tensor = preprocess_bytes(png_224, model.metadata.preprocessing)[None]  # (1, 3, 224, 224)
-    body = json.dumps({"inputs": tensor.tolist()}).encode()
+@pytest.fixture(scope="module")
+def spec(bench_model):
+    return InferenceModel(bench_model.fp32, threads=1).metadata.preprocessing
+
+
+@pytest.fixture(scope="module")
+def onnx_mlflow_model(mlflow_ready, bench_model, bench_config, spec) -> Path:
+    """The FP32 ONNX file saved as an MLflow model (onnx flavour), with the session options our
+    service uses (threads, sequential, spinning off) and a float32 tensor signature."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    folder = bench_model.dir / "mlflow-onnx-fp32"
+    if not folder.is_dir():
+        model = InferenceModel(bench_model.fp32, threads=1)
+        meta = model.metadata
+        example = preprocess_bytes(bench_model.image_bytes, spec)[None]  # (1, 3, 224, 224)
+        logits = model.session.run([meta.output_name], {meta.input_name: example})[0]
+        mlflow.onnx.save_model(
+            onnx.load(str(bench_model.fp32)), str(folder), save_as_external_data=False,
+            signature=infer_signature(example, {meta.output_name: logits}),
+            onnx_execution_providers=["CPUExecutionProvider"],
+            onnx_session_options={"intra_op_num_threads": bench_config.threads,
+                                  "inter_op_num_threads": 1, "execution_mode": "sequential",
+                                  "extra_session_config": {
+                                      "session.intra_op.allow_spinning": "0"}})
+    return folder
+
+
+def test_mlflow_pytorch_peer(mlflow_ready, torch_available, bench_model, bench_config, spec,
+                             reference, results):
     port = free_port()
     threads = str(bench_config.threads)
-    record, first = _serve(
-        "mlflow models serve (PyTorch)",
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", bench_model.model_uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        # PATH: the server execs `uvicorn` by name, which lives beside this interpreter.
-        {"MLFLOW_TRACKING_URI": bench_model.tracking_uri, "OMP_NUM_THREADS": threads,
-         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
-        port, "/invocations", body, "application/json",
-        lambda r: _peer_problem(r, bench_model.classes), bench_config)
-    results.put("peer", "mlflow", {**record, "model_uri": bench_model.model_uri})
+    record = _serve(
+        "mlflow-pytorch", _mlflow_args(bench_model.model_uri, port),
+        # OMP_NUM_THREADS: MLflow's PyTorch flavour sets no thread count of its own.
+        _mlflow_env({"MLFLOW_TRACKING_URI": bench_model.tracking_uri,
+                     "OMP_NUM_THREADS": threads}), port,
+        path="/invocations", content_type="application/json",
+        encode=lambda png: _tensor_body(png, spec), bench_model=bench_model,
+        config=bench_config, reference=reference)
+    record.update(model_uri=bench_model.model_uri, settings=f"OMP_NUM_THREADS={threads}")
+    results.put("peer", "mlflow-pytorch", record)
+    assert_answers_ok(record["answers"])
     assert record["errors"] == 0, record["error_examples"]
-    logits = _peer_logits(first)  # (1, C)
-    probabilities = softmax(logits)[0]
-    assert_valid_prediction({"probabilities": dict(zip(bench_model.classes,
-                                                       probabilities.tolist(), strict=True))},
-                            bench_model.classes)
 
 
-def test_onnx_flask_host_process(bench_model, bench_config, png_224, results):
-    """Our service the same way the peer runs: a gunicorn process on the host, one worker."""
+def test_mlflow_onnx_peer(onnx_mlflow_model, bench_model, bench_config, spec, reference,
+                          results):
     port = free_port()
-    record, first = _serve(
-        "gunicorn + ONNX INT8 (services/)",
-        [str(VENV_BIN / "python"), "-m", "services.server"],
-        {"MODEL_PATH": str(bench_model.int8), "PORT": str(port), "HOST": "127.0.0.1",
-         "WEB_CONCURRENCY": "1", "ORT_INTRA_OP_THREADS": str(bench_config.threads)},
-        port, "/predict", png_224, "image/png",
-        lambda r: response_problem(r, bench_model.classes), bench_config)
-    results.put("peer", "onnx_flask", record)
+    record = _serve(
+        "mlflow-onnx-fp32", _mlflow_args(str(onnx_mlflow_model), port), _mlflow_env({}), port,
+        path="/invocations", content_type="application/json",
+        encode=lambda png: _tensor_body(png, spec), bench_model=bench_model,
+        config=bench_config, reference=reference)
+    record.update(settings=f"onnx_session_options: intra-op {bench_config.threads}, "
+                           "inter-op 1, sequential, spinning off")
+    results.put("peer", "mlflow-onnx-fp32", record)
+    assert_answers_ok(record["answers"])
     assert record["errors"] == 0, record["error_examples"]
-    assert_valid_prediction(json.loads(first), bench_model.classes)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_our_server_host_process(precision, bench_model, bench_config, reference, results):
+    """Our service the way the peers run: a gunicorn process on the host, one worker."""
+    port = free_port()
+    name = f"ours-{precision}"
+    record = _serve(
+        name, [str(VENV_BIN / "python"), "-m", "services.server"],
+        production_env({"MODEL_PATH": str(bench_model.file(precision)), "PORT": str(port),
+                        "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
+                        "ORT_INTRA_OP_THREADS": str(bench_config.threads)}), port,
+        path="/predict", content_type="image/png", encode=lambda png: png,
+        bench_model=bench_model, config=bench_config, reference=reference)
+    record.update(settings=f"WEB_CONCURRENCY=1, ORT_INTRA_OP_THREADS={bench_config.threads}")
+    results.put("peer", name, record)
+    assert_answers_ok(record["answers"])
+    assert record["errors"] == 0, record["error_examples"]

@@ -1,155 +1,164 @@
-"""(1) Model only — PyTorch eager vs ORT FP32 vs ORT INT8, batch 1 and 8, same weights — plus
-the numpy + Pillow preprocessing alone, and (7) FP32 vs INT8 file size, load time, accuracy.
+"""(1) Model only — PyTorch at its default (eager) and at its best (channels_last, frozen
+TorchScript), PyTorch's own INT8 (PT2E), ONNX Runtime FP32 and INT8: the same weights, the
+same preprocessed inputs, the same thread count (BenchConfig.threads) — plus the numpy +
+Pillow preprocessing alone, and (7) FP32 vs INT8 file size, load time, accuracy.
 
-Timed with pytest-benchmark (`benchmark.pedantic`, fixed rounds so quick mode stays quick); its
-raw per-round timings become our p50/p95/p99. torch.set_num_threads and ORT's intra-op threads
-are the same number (BenchConfig.threads), stated in the summary.
+Each variant runs in a process of its own with the environment it has in production, rounds
+interleaved across the variants (benchmarks/variants.py). Every variant's answers on the check
+images are compared with the ONNX FP32 reference (benchmarks/checks.py): a wrong answer fails
+the variant's test.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.checks import assert_valid_prediction, assert_valid_probabilities
+from benchmarks.checks import answer_problem, assert_answers_ok
+from benchmarks.machine import production_env
 from benchmarks.timing import latency_stats, median, time_calls
-from services.model import InferenceModel, softmax
+from benchmarks.variants import VARIANTS, measure
+from services.model import InferenceModel
 from services.preprocessing import preprocess_bytes
+from tests.conftest import unavailable
 
-BATCHES = (1, 8)
-VARIANTS = ("torch-eager", "ort-fp32", "ort-int8")
+# Not a dependency of the project: PyTorch's INT8 path runs where it is installed.
+OPTIONAL_MODULES = {"torchao": "pip install torchao (0.18.0 was tried here)"}
+
+
+def _preprocessed(paths: list[Path], spec) -> np.ndarray:
+    return np.stack([preprocess_bytes(p.read_bytes(), spec) for p in paths])  # (N, 3, S, S)
 
 
 @pytest.fixture(scope="module")
-def inputs(bench_model) -> dict[int, np.ndarray]:
-    """Preprocessed held-out images, (B, 3, 224, 224) float32 per batch size."""
+def model_inputs(bench_model, bench_config, tmp_path_factory) -> Path:
+    """One .npz every worker reads: the timed batches (the first check images), the check
+    images themselves and the PyTorch INT8 calibration images, all preprocessed as served."""
     spec = InferenceModel(bench_model.fp32, threads=1).metadata.preprocessing
-    paths = sorted(bench_model.data_dir.joinpath("images").glob("*.png"))[: max(BATCHES)]
-    stacked = np.stack([preprocess_bytes(p.read_bytes(), spec) for p in paths])
-    return {b: np.ascontiguousarray(stacked[:b]) for b in BATCHES}
+    check = _preprocessed(bench_model.check_images, spec)
+    arrays = {f"b{b}": np.ascontiguousarray(check[:b]) for b in bench_config.model_batches}
+    assert all(len(a) == int(k[1:]) for k, a in arrays.items()), "too few check images"
+    path = tmp_path_factory.mktemp("model-inputs") / "inputs.npz"
+    np.savez(path, check=check, calib=_preprocessed(bench_model.calibration_images, spec),
+             **arrays)
+    return path
+
+
+def _why_not(name: str, config) -> str | None:
+    """Why variant `name` cannot run here, or None."""
+    variant = VARIANTS[name]
+    if variant.runtime == "torch" and "torch" in config.skip:
+        return "torch parts skipped by MHIST_BENCH_SKIP/--bench-skip"
+    if name == "torch-int8" and config.skipped("torch-int8"):
+        return "PyTorch INT8 skipped by MHIST_BENCH_SKIP/--bench-skip"
+    missing = [m for m in variant.modules if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed" if missing else None
 
 
 @pytest.fixture(scope="module")
-def runners(request, bench_model, bench_config):
-    """variant → callable(batch) -> logits, each built once with the same thread count."""
-    made: dict = {}
-
-    def get(variant: str):
-        if variant in made:
-            return made[variant]
-        if variant == "torch-eager":
-            request.getfixturevalue("torch_available")
-            import torch
-
-            from training.checkpoint import load_checkpoint
-
-            torch.set_num_threads(bench_config.threads)
-            model, _ = load_checkpoint(bench_model.checkpoint)
-
-            def run(batch: np.ndarray) -> np.ndarray:
-                with torch.inference_mode():
-                    return model(torch.from_numpy(batch)).numpy()
-        else:
-            path = bench_model.fp32 if variant == "ort-fp32" else bench_model.int8
-            model = InferenceModel(path, threads=bench_config.threads)
-            meta = model.metadata
-
-            def run(batch: np.ndarray) -> np.ndarray:
-                return model.session.run([meta.output_name], {meta.input_name: batch})[0]
-        made[variant] = run
-        return run
-
-    return get
+def model_runs(bench_model, bench_config, model_inputs, tmp_path_factory) -> dict[str, dict]:
+    """Every variant that can run here, measured together (variants.measure)."""
+    names = [name for name in VARIANTS if _why_not(name, bench_config) is None]
+    runs = measure(
+        names, model_inputs, threads=bench_config.threads, batches=bench_config.model_batches,
+        rounds=bench_config.model_rounds, warmup=bench_config.warmup,
+        files={"checkpoint": bench_model.checkpoint, "fp32": bench_model.fp32,
+               "int8": bench_model.int8},
+        env=production_env(),
+        log_dir=tmp_path_factory.mktemp("variant-logs"))
+    for name in VARIANTS:
+        if name not in runs:
+            runs[name] = {"variant": name, "not_run": _why_not(name, bench_config)}
+    return runs
 
 
-def _stats_from(benchmark, fallback, results=None, key: str = "") -> list[float]:
-    """pytest-benchmark's per-round seconds (its own summary goes to the `pytest_benchmark`
-    section); our own loop when it is disabled (--benchmark-disable) and recorded nothing."""
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    data = getattr(stats, "data", None)
-    if not data:
-        return fallback()
-    if results is not None:
-        results.put("pytest_benchmark", key, {
-            "group": benchmark.group, "extra_info": dict(benchmark.extra_info),
-            **{field: getattr(stats, field) for field in stats.fields}})
-    return list(data)
+def _answers(run: dict, reference, bench_model) -> dict:
+    """The variant's check answers against the reference (checks.Reference.summarise)."""
+    classes = run["info"]["classes"]
+    comparisons = [
+        reference.compare(path.name, dict(zip(classes, row, strict=True)),
+                          VARIANTS[run["variant"]].precision)
+        for path, row in zip(bench_model.check_images, run.get("check", []), strict=False)]
+    return reference.summarise(comparisons, VARIANTS[run["variant"]].precision)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_model_latency(variant, batch, benchmark, runners, inputs, bench_config, bench_model,
-                       results):
-    run = runners(variant)
-    x = inputs[batch]
-    benchmark.group = f"model batch {batch}"
-    benchmark.extra_info.update(variant=variant, batch=batch, threads=bench_config.threads)
-    logits = benchmark.pedantic(run, args=(x,), rounds=bench_config.model_rounds,
-                                warmup_rounds=bench_config.warmup, iterations=1)
-    samples = _stats_from(benchmark, lambda: time_calls(lambda: run(x), bench_config.model_rounds),
-                          results, f"{variant}/b{batch}")
-    record = {"variant": variant, "batch": batch, "threads": bench_config.threads,
-              **latency_stats(samples, images_per_call=batch)}
-    if variant == "torch-eager":
-        import torch
-
-        record["torch_threads"] = torch.get_num_threads()
-    results.put("model", f"{variant}/b{batch}", record)
-    assert_valid_probabilities(softmax(logits), batch, len(bench_model.classes))
+def _skip_not_run(run: dict) -> None:
+    reason = run["not_run"]
+    if any(module in reason for module in OPTIONAL_MODULES):
+        hints = "; ".join(OPTIONAL_MODULES.values())
+        pytest.skip(f"{VARIANTS[run['variant']].label}: {reason} ({hints})")
+    if "skipped by" in reason:
+        pytest.skip(reason)
+    unavailable(f"{VARIANTS[run['variant']].label}: {reason}")
 
 
-def test_same_weights_same_answers(runners, inputs, results, request):
-    """The three variants are the same model: FP32 matches torch; INT8 mostly agrees."""
-    x = inputs[max(BATCHES)]
-    ort_fp32 = softmax(runners("ort-fp32")(x))
-    ort_int8 = softmax(runners("ort-int8")(x))
-    record = {"int8_vs_fp32_max_abs_diff": float(np.abs(ort_int8 - ort_fp32).max()),
-              "int8_vs_fp32_argmax_agreement": float((ort_int8.argmax(1)
-                                                      == ort_fp32.argmax(1)).mean())}
-    try:
-        request.getfixturevalue("torch_available")
-    except pytest.skip.Exception:
-        results.put("model", "agreement", record)
-        return
-    torch_probs = softmax(runners("torch-eager")(x))
-    record["fp32_vs_torch_max_abs_diff"] = float(np.abs(ort_fp32 - torch_probs).max())
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_model_latency(name, model_runs, reference, bench_model, bench_config, results):
+    run = model_runs[name]
+    if "not_run" in run:
+        _skip_not_run(run)
+    assert "error" not in run, run["error"]
+    variant = VARIANTS[name]
+    answers = _answers(run, reference, bench_model)
+    for batch, samples in run["samples"].items():
+        results.put("model", f"{name}/b{batch}", {
+            "variant": name, "label": variant.label, "runtime": variant.runtime,
+            "precision": variant.precision, "setting": variant.setting, "batch": int(batch),
+            "threads": bench_config.threads, "setup_s": run["setup_s"], **run["info"],
+            "answers": answers, **latency_stats(samples, images_per_call=int(batch))})
+    assert_answers_ok(answers)
+    assert len(run["check"]) == len(bench_model.check_images)
+
+
+def test_same_weights_same_answers(request, model_runs, reference, bench_model, results):
+    """All variants side by side; ORT INT8 against ORT FP32 and PyTorch eager against the ONNX
+    export are asserted here, whichever per-variant test failed first."""
+    record = {name: _answers(run, reference, bench_model) for name, run in model_runs.items()
+              if run.get("check")}
+    record["reference"] = reference.spread()
     results.put("model", "agreement", record)
-    # The export's own parity gate is 1e-4; this is a sanity check on the same inputs.
-    assert record["fp32_vs_torch_max_abs_diff"] < 1e-3
+    for name in ("ort-fp32", "ort-int8"):
+        assert name in record, model_runs[name].get("error") or model_runs[name]
+        assert_answers_ok(record[name])
+    if "torch-eager" not in record:
+        request.getfixturevalue("torch_available")  # skips, or fails when CI requires torch
+        pytest.fail(model_runs["torch-eager"].get("error")
+                    or f"PyTorch eager did not run: {model_runs['torch-eager']}")
+    assert_answers_ok(record["torch-eager"])
 
 
-def test_preprocessing_latency(benchmark, png_224, bench_model, bench_config, results):
+def test_preprocessing_latency(png_224, bench_model, bench_config, results):
     """Decode + resize/crop + normalise of one 224² PNG with numpy + Pillow (services/)."""
     spec = InferenceModel(bench_model.fp32, threads=1).metadata.preprocessing
-    benchmark.group = "preprocessing"
-    out = benchmark.pedantic(preprocess_bytes, args=(png_224, spec),
-                             rounds=bench_config.preprocess_rounds,
-                             warmup_rounds=bench_config.warmup, iterations=1)
-    samples = _stats_from(benchmark, lambda: time_calls(lambda: preprocess_bytes(png_224, spec),
-                                                        bench_config.preprocess_rounds),
-                          results, "preprocessing/png224")
+    samples = time_calls(lambda: preprocess_bytes(png_224, spec), bench_config.preprocess_rounds,
+                         bench_config.warmup)
     results.put("model", "preprocessing/png224", {"variant": "preprocessing", "batch": 1,
                                                    **latency_stats(samples)})
+    out = preprocess_bytes(png_224, spec)
     assert out.shape == (3, 224, 224) and out.dtype == np.float32
 
 
-def test_precision_fp32_vs_int8(bench_model, bench_config, png_224, results):
+def test_precision_fp32_vs_int8(bench_model, bench_config, png_224, reference, results):
     """(7) File size and load time (InferenceModel: session + metadata), with the accuracy
     deltas the export measured on the held-out split (export_report.json)."""
     record: dict = {}
-    for name, path in (("fp32", bench_model.fp32), ("int8", bench_model.int8)):
+    for name in ("fp32", "int8"):
+        path = bench_model.file(name)
         loads = []
         for _ in range(bench_config.load_repeats):
             started = time.perf_counter()
             model = InferenceModel(path, threads=bench_config.threads)
             loads.append(time.perf_counter() - started)
-        assert_valid_prediction(model.predict_bytes(png_224), bench_model.classes)
+        problem = answer_problem(model.predict_bytes(png_224), reference, bench_model.image.name,
+                                 name)
+        assert problem is None, problem
         record[name] = {"size_bytes": path.stat().st_size, "load_ms_median": 1000 * median(loads),
                         "load_ms": [round(1000 * s, 2) for s in loads]}
-    comparison = bench_model.report["int8"]["comparison"]
-    record["comparison"] = comparison
+    record["comparison"] = bench_model.report["int8"]["comparison"]
     record["int8_gate"] = bench_model.report["int8"]["gate"]
     record["synthetic_data"] = bench_model.report.get("synthetic_data")
     results.put("precision", "fp32_vs_int8", record)

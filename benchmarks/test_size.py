@@ -1,5 +1,6 @@
 """(5) Size: each image's size (as the engine reports it) and the installed size of its Python
-environment (/opt/venv), with the largest packages — ONNX images vs the PyTorch baseline."""
+environment (/opt/venv), with the largest packages — ONNX images (FP32 and INT8 file baked in;
+SageMaker's mounts its model, so one image) vs the PyTorch baseline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 from awsdeploy.containers import base_image, engine, image_size_bytes
-from benchmarks.targets import BASELINE, CONTAINER_TARGETS
+from benchmarks.targets import IMAGE_VARIANTS, image_for
 
 _DU = ("du -sk /opt/venv | cut -f1; "
        "du -sk /opt/venv/lib/python3*/site-packages/* | sort -rn | head -n 6")
@@ -30,17 +31,16 @@ def _venv_sizes(image: str) -> dict:
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("name", CONTAINER_TARGETS)
-def test_image_size(name, request, results):
-    image = (request.getfixturevalue("baseline_image") if name == BASELINE
-             else request.getfixturevalue("onnx_images")[name])
-    record = {"target": name, "image": image, "image_mb": image_size_bytes(image) / 1e6,
-              **_venv_sizes(image)}
+@pytest.mark.parametrize("variant", IMAGE_VARIANTS, ids=[v.key for v in IMAGE_VARIANTS])
+def test_image_size(variant, request, results):
+    image = image_for(request, variant)
+    record = {"target": variant.target, "precision": variant.precision, "image": image,
+              "image_mb": image_size_bytes(image) / 1e6, **_venv_sizes(image)}
     if results.get("size", "base") is None:
         try:
             base_mb = image_size_bytes(base_image()) / 1e6
         except subprocess.CalledProcessError:  # BASE_IMAGE not pulled/built locally
             base_mb = None
         results.put("size", "base", {"image": base_image(), "base_image_mb": base_mb})
-    results.put("size", name, record)
+    results.put("size", variant.key, record)
     assert record["venv_mb"] > 0 and record["image_mb"] > 0

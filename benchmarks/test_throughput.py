@@ -4,17 +4,19 @@ BenchConfig.server_settings) — the numbers behind the default layout of the `h
 (services/settings.py, which services/gunicorn_conf.py reads).
 
 The load generator runs on the same machine: its client threads take a little CPU from the
-server, equally for every layout.
+server, equally for every layout. Every answer is compared with the ONNX FP32 reference (the
+container serves the INT8 file).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.checks import response_problem
+from benchmarks.checks import response_checker
 from benchmarks.config import ServerSetting
 from benchmarks.load import closed_loop
 from benchmarks.targets import running, wait_first_ok
+from services.settings import Settings
 
 
 def _settings_ids(settings: tuple[ServerSetting, ...]) -> list[str]:
@@ -34,9 +36,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.mark.container
 def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, bench_config,
-                          png_224, results):
-    classes = bench_model.classes
-    with running("flask", onnx_images["flask"], threads=setting.ort_threads,
+                          png_224, reference, results):
+    check = response_checker(reference, bench_model.image.name, "int8")
+    with running("flask", onnx_images["flask-int8"], threads=setting.ort_threads,
                  env=setting.env()) as target:
         wait_first_ok(target, png_224)
         # Every worker loads its own session: warm them all before measuring.
@@ -46,8 +48,12 @@ def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, benc
         for concurrency in bench_config.concurrency:
             record = closed_loop(target.base_url, target.path, png_224, "image/png",
                                  concurrency, bench_config.throughput_requests,
-                                 validate=lambda r: response_problem(r, classes))
+                                 validate=check)
             levels[str(concurrency)] = record
+    # The layout the `http` target takes by default on this machine (services/settings.py).
+    default = Settings.from_env({})
+    results.set_run(default_layout=ServerSetting(default.workers, default.ort_threads,
+                                                 default.threads).label)
     results.put("throughput", setting.label, {
         "setting": setting.label, "workers": setting.workers,
         "gunicorn_threads": setting.gunicorn_threads, "ort_threads": setting.ort_threads,

@@ -3,9 +3,13 @@
 Same request decoding (services.payload) and preprocessing (services.preprocessing) as the
 ONNX service; the difference under test is torch + a TorchScript file instead of onnxruntime +
 an ONNX file. The TorchScript file carries the model card as the extra file `card.json`.
+PyTorch at its best for a CPU server: the traced module is frozen and optimized for inference
+when it loads (torch.jit.freeze + optimize_for_inference: BatchNorm folded into the convs,
+oneDNN layouts), which the benchmarks measured as the fastest FP32 torch on their CPU.
 
 Environment: MODEL_PATH (/opt/model/model.pt), TORCH_NUM_THREADS (default: usable CPUs //
-WEB_CONCURRENCY), plus gunicorn's own PORT and WEB_CONCURRENCY.
+WEB_CONCURRENCY), TORCH_FREEZE (1; 0 serves the traced module as it is), plus gunicorn's own
+PORT and WEB_CONCURRENCY. No OpenMP variable is set: torch's own defaults.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ from services.preprocessing import PreprocessSpec, preprocess_bytes
 CARD_FILE = "card.json"
 
 
-def load_torchscript(path: str) -> tuple[torch.jit.ScriptModule, dict]:
-    """(module in eval mode, model card) from a file saved with `_extra_files={"card.json"}`."""
+def load_torchscript(path: str, freeze: bool = True) -> tuple[torch.jit.ScriptModule, dict]:
+    """(module in eval mode, frozen and optimized unless `freeze` is False, model card) from a
+    file saved with `_extra_files={"card.json"}`."""
     extra = {CARD_FILE: ""}
-    module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    return module.eval(), json.loads(extra[CARD_FILE])
+    module = torch.jit.load(path, map_location="cpu", _extra_files=extra).eval()
+    if freeze:
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+    return module, json.loads(extra[CARD_FILE])
+
+
+def _freeze() -> bool:
+    return os.environ.get("TORCH_FREEZE", "1").strip() not in ("0", "false", "no")
 
 
 def _threads() -> int:
@@ -59,14 +70,15 @@ def predict(module: torch.jit.ScriptModule, card: dict, batch: np.ndarray) -> di
 
 def create_app() -> Flask:
     torch.set_num_threads(_threads())
-    module, card = load_torchscript(os.environ.get("MODEL_PATH", "/opt/model/model.pt"))
+    module, card = load_torchscript(os.environ.get("MODEL_PATH", "/opt/model/model.pt"),
+                                    freeze=_freeze())
     spec = PreprocessSpec.from_dict(card["preprocessing"])
     app = Flask(__name__)
 
     @app.get("/health")
     def health():
         return jsonify({"status": "ok", "torch": torch.__version__,
-                        "threads": torch.get_num_threads()})
+                        "threads": torch.get_num_threads(), "frozen": _freeze()})
 
     @app.post("/predict")
     def predict_route():

@@ -1,0 +1,171 @@
+"""benchmarks/report.py on a committed fixture of raw results (benchmarks/fixtures/report-run:
+a trimmed quick run on the 2-CPU development machine) — fast, no containers, no model.
+
+The report may only state what the data says: each test changes the data and checks that the
+sentence follows it, or checks a sentence against a value computed here from the fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.machine import refusal
+from benchmarks.store import read_results
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report-run"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Sentences earlier versions printed whatever the measurements said.
+FIXED_CLAIMS = ("barely beats", "slowed more by the other jobs", "spin-wait",
+                "expected to gain", "machine was quiet", "Latency does not depend")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A writable copy of the fixture."""
+    return Path(shutil.copytree(FIXTURE, tmp_path / FIXTURE.name))
+
+
+def _edit(folder: Path, name: str, change) -> None:
+    path = folder / name
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _render(folder: Path = FIXTURE) -> str:
+    return report.render(read_results(folder))
+
+
+def _speed(a: float, b: float) -> str:
+    return f"×{b / a:.2f} faster" if a < b else f"×{a / b:.2f} slower"
+
+
+def test_every_section_has_data():
+    text = _render()
+    for heading in ("## Headline", "## 1. Model only", "## 2. End to end", "## 3. Throughput",
+                    "## 4. Cold start", "## 5. Size", "## 6. Peers", "## 7. FP32 vs INT8"):
+        assert heading in text
+    assert "No data." not in text
+
+
+def test_no_fixed_claims():
+    text = _render()
+    for phrase in FIXED_CLAIMS:
+        assert phrase not in text
+
+
+def test_model_comparisons_are_computed():
+    model = read_results(FIXTURE)["model"]
+    fp32, int8 = model["ort-fp32/b1"]["p50_ms"], model["ort-int8/b1"]["p50_ms"]
+    expected = (f"ONNX Runtime INT8 ({int8:.1f} ms) vs ONNX Runtime FP32 ({fp32:.1f} ms): "
+                f"ONNX Runtime INT8 {_speed(int8, fp32)}")
+    assert expected in _render()
+
+
+def test_a_comparison_follows_the_numbers(run_dir):
+    """Make INT8 slower than FP32 in the data: the sentence must say so."""
+    def slower(model: dict) -> None:
+        model["ort-int8/b1"]["p50_ms"] = model["ort-fp32/b1"]["p50_ms"] * 2
+    _edit(run_dir, "raw/model.json", slower)
+    assert "ONNX Runtime INT8 ×2.00 slower" in _render(run_dir)
+
+
+def test_http_and_peer_comparisons_are_computed():
+    data = read_results(FIXTURE)
+    flask, base = data["http"]["flask-fp32"]["p50_ms"], data["http"]["torch"]["p50_ms"]
+    text = _render()
+    assert f"Flask container FP32 ({flask:.1f} ms) vs PyTorch baseline container ({base:.1f} ms)" \
+           f": Flask container FP32 {_speed(flask, base)}" in text
+    ours, mlflow = (data["peer"][k]["p50_ms"] for k in ("ours-fp32", "mlflow-onnx-fp32"))
+    assert f"ours (ONNX FP32) ({ours:.1f} ms) vs MLflow (ONNX FP32) ({mlflow:.1f} ms)" in text
+
+
+def test_busy_run_is_flagged(run_dir):
+    data = read_results(FIXTURE)
+    cpus = data["machine"]["usable_cpus"]
+    _edit(run_dir, "run.json", lambda run: run.update(load_average_at_start=[cpus, 1, 1]))
+    text = _render(run_dir)
+    assert "BUSY MACHINE" in text and "**busy machine: not comparable" in text
+
+
+def test_idle_run_is_not_flagged(run_dir):
+    _edit(run_dir, "run.json", lambda run: run.update(load_average_at_start=[0.05, 0.1, 0.1]))
+    text = _render(run_dir)
+    assert "BUSY" not in text and "not flagged as busy" in text
+
+
+@pytest.mark.parametrize(("mode", "load", "environ", "refused"), [
+    ("full", [1.5, 1, 1], {}, True),
+    ("full", [1.5, 1, 1], {"MHIST_BENCH_ALLOW_BUSY": "1"}, False),
+    ("full", [0.5, 3, 3], {}, False),  # only the 1-minute average counts, at the start
+    ("quick", [1.5, 1, 1], {}, False),  # CI's quick runs are flagged, not refused
+])
+def test_busy_full_run_is_refused(mode, load, environ, refused):
+    assert (refusal(mode, load, 2, environ) is not None) is refused
+
+
+def test_wrong_answers_are_shown(run_dir):
+    def wrong(model: dict) -> None:
+        model["ort-int8/b1"]["answers"].update(ok=False, max_abs_diff=0.4)
+        model["agreement"]["ort-int8"]["ok"] = False
+    _edit(run_dir, "raw/model.json", wrong)
+    text = _render(run_dir)
+    assert "**WRONG** — max \\|Δp\\| 4.0e-01" in text
+    assert "Answers: **WRONG** for ONNX Runtime INT8." in text
+
+
+def test_skips_and_failures_are_listed(run_dir):
+    _edit(run_dir, "run.json", lambda run: run.update(
+        skipped=[{"what": "test_model.py::test_model_latency[torch-int8]",
+                  "reason": "torchao not installed"}],
+        failed=[{"what": "test_http.py::test_http_latency[flask-int8]",
+                 "message": "Traceback…\nAssertionError: wrong answers"}]))
+    text = _render(run_dir)
+    assert "- `test_model.py::test_model_latency[torch-int8]` — torchao not installed" in text
+    assert "- `test_http.py::test_http_latency[flask-int8]` — AssertionError: wrong answers" in text
+
+
+def test_model_quality_caveat_follows_the_metrics(run_dir):
+    def chance(precision: dict) -> None:
+        precision["fp32_vs_int8"]["comparison"]["fp32"].update(roc_auc=0.3,
+                                                               balanced_accuracy=0.5)
+    assert "worse than chance" not in _render()  # the fixture's model: AUC 1.0
+    _edit(run_dir, "raw/precision.json", chance)
+    text = _render(run_dir)
+    assert "FP32 ROC AUC 0.300 < 0.5" in text and "every image the same label" in text
+
+
+def test_headline_cells_are_the_section_numbers():
+    data = read_results(FIXTURE)
+    rows = {row[0]: row[1:] for row in report.headline_rows(data)}
+    model = data["model"]
+    assert rows["model only, batch 1, p50 ms"][3].startswith(
+        f"{model['ort-fp32/b1']['p50_ms']:.1f} (×")
+    assert rows["one PNG over HTTP, Flask container (PyTorch: baseline container), p50 ms"][1] \
+        == f"{data['http']['torch']['p50_ms']:.1f}"
+
+
+def test_generate_writes_summary_latest_and_readme(run_dir, tmp_path):
+    latest, readme = tmp_path / "LATEST.md", tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nrest\n")
+    summary = report.generate(run_dir, latest=latest, readme=readme)
+    assert (run_dir / "plots" / "latency_model.png").is_file()
+    assert "## Plots" in summary.read_text() and "## Plots" not in latest.read_text()
+    block = report.extract_block(readme.read_text())
+    assert block == report.extract_block(latest.read_text())
+    assert "old table" not in block and readme.read_text().endswith("\n\nrest\n")
+
+
+def test_readme_table_matches_latest():
+    """README.md's benchmark table is LATEST.md's headline (python -m benchmarks.report
+    --readme README.md copies it)."""
+    readme = report.extract_block((REPO_ROOT / "README.md").read_text())
+    assert readme is not None, "README.md lost its benchmarks-table markers"
+    assert readme == report.readme_block_for(report.LATEST.read_text()), (
+        "README.md's benchmark table differs from benchmarks/LATEST.md: run "
+        "`python -m benchmarks.report --readme README.md`")
