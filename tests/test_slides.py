@@ -284,6 +284,8 @@ def test_region_bad_inputs_are_4xx_json(client, canvas) -> None:
     assert region(client, tissue, "?mpp=-1") == (400, "invalid_parameter")
     assert region(client, tissue, "?mpp=nan") == (400, "invalid_parameter")
     assert region(client, tissue, "?stride=0.5") == (400, "invalid_parameter")
+    # Once a 500: an integer stride beyond the image overflowed the grid's arithmetic.
+    assert region(client, tissue, "?stride=1e20") == (400, "invalid_stride")
     assert region(client, tissue, "?min_tissue=1.5") == (400, "invalid_parameter")
     assert region(client, png(canvas[0][:40, :40])) == (400, "region_too_small")
     assert region(client, tissue, "?stride=1") == (400, "too_many_tiles")

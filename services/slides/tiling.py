@@ -117,6 +117,14 @@ def plan_grid(width: int, height: int, scale: Scale, stride: int | None = None) 
             f"The image is {width}x{height} px at {scale.source_mpp:g} µm/px, smaller than one "
             f"tile ({tile}x{tile} px = {scale.tile_um:g} µm, the model's field of view).",
         )
+    if grid.stride > max(width, height):
+        # Bounded here, for the CLI and the API alike: a stride beyond the image makes one
+        # tile anyway, and an unbounded one overflows the grid's integer arithmetic.
+        raise ServiceError(
+            400, "invalid_stride",
+            f"The stride ({stride} model px = {grid.stride} px here) is larger than the image "
+            f"({width}x{height} px); use at most one image side.",
+        )
     return grid
 
 
