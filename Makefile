@@ -34,6 +34,21 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Chromium (Debian: sudo apt-get install chromium) for the browser test" >&2; fi; }
+	@# A real OCI registry for the push test (tests/test_registry_push.py): the binary only, so
+	@# the package's own service (on :5000) is stopped and disabled where systemd started it.
+	@command -v docker-registry >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null \
+	    && { systemctl disable --now docker-registry >/dev/null 2>&1 || true; }; \
+	  else echo "install Debian's docker-registry (sudo apt-get install docker-registry) for the push test" >&2; fi; }
+	@# PostgreSQL server programs for the team-MLflow test (tests/test_mlflow_team.py), which
+	@# runs its own throwaway cluster; the package's default cluster is not needed, so it is
+	@# stopped and disabled where systemd started it.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+	    && { systemctl disable --now postgresql >/dev/null 2>&1 || true; }; \
+	  else echo "install PostgreSQL (Debian: sudo apt-get install postgresql) for the team-MLflow test" >&2; fi; }
 
 test: setup test-deps  ## the whole suite (container tests need docker or podman)
 	$(PY) -m pytest -p no:cacheprovider tests benchmarks
@@ -52,7 +67,7 @@ export: setup
 	$(PY) export/to_onnx.py --model-uri models:/mhist-resnet18/latest --data-dir $(DATA_DIR) --out $(OUT)
 
 predict: setup
-	$(PY) -m services.predict --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
+	$(PY) -m services.predict --format text --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
 
 serve: setup
 	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(PY) -m services.server

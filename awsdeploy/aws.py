@@ -3,8 +3,11 @@
 - `client()`: boto3 clients that honour `AWS_ENDPOINT_URL` (moto in server mode, LocalStack).
 - `Plan`: every step a deploy script takes is announced through it; with `--dry-run` nothing
   is called, only the plan is printed.
-- ECR: `ensure_repository` (scan on push + lifecycle policy keeping N images), `ecr_login`,
-  `build_and_push` (docker or podman via awsdeploy.containers), `delete_repository`.
+- ECR: `ensure_repository` (immutable tags, scan on push, lifecycle policy keeping N images),
+  `ecr_login`, `build_and_push` (docker or podman via awsdeploy.containers; refuses to move a
+  tag to another image), `delete_repository`.
+- Settings, from the environment: `region_name`, `endpoint_url` (AWS_ENDPOINT_URL) and
+  `registry_override` (ECR_REGISTRY_OVERRIDE).
 - IAM: `ensure_role` (trust policy + exactly the managed policies asked for + inline policies),
   `delete_role`.
 """
@@ -12,10 +15,12 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from awsdeploy import containers
+from awsdeploy.oci import Registry, RegistryError, held_by_tag
 
 DEFAULT_REGION = "us-east-1"
 T = TypeVar("T")
@@ -48,6 +54,47 @@ def region_name(explicit: str | None = None) -> str:
 def endpoint_url() -> str | None:
     """`AWS_ENDPOINT_URL` (e.g. http://127.0.0.1:5000 for moto); None means the real AWS."""
     return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+REGISTRY_OVERRIDE = "ECR_REGISTRY_OVERRIDE"
+
+
+class SettingsError(ValueError):
+    """A deploy setting from the environment is invalid; the message says how to fix it."""
+
+
+def registry_override() -> tuple[str, bool] | None:
+    """`ECR_REGISTRY_OVERRIDE`: push to this registry instead of the one ECR's token names,
+    still logging in with that token's credentials; (host, tls) or None when unset.
+
+    For registries that stand in for ECR where ECR itself is out of reach: the tests run
+    Debian's docker-registry on 127.0.0.1 with the credentials moto's token carries. `HOST[:PORT]`
+    or `https://HOST[:PORT]` uses TLS; `http://` turns TLS off and is accepted for a loopback
+    host only, so credentials never cross a network in clear text.
+    """
+    raw = os.environ.get(REGISTRY_OVERRIDE, "").strip()
+    if not raw:
+        return None
+    parsed = urllib.parse.urlsplit(raw if "://" in raw else f"https://{raw}")
+    host = parsed.netloc
+    if parsed.scheme not in ("http", "https") or not host or parsed.path.strip("/") \
+            or parsed.query or "@" in host:
+        raise SettingsError(f"{REGISTRY_OVERRIDE}={raw!r} is not valid: expected HOST[:PORT], "
+                            "https://HOST[:PORT] or, on this machine only, http://127.0.0.1:PORT")
+    tls = parsed.scheme == "https"
+    if not tls and not _is_loopback(parsed.hostname or ""):
+        raise SettingsError(f"{REGISTRY_OVERRIDE}={raw!r}: plain http:// is allowed to a "
+                            "loopback host only (127.0.0.1, ::1, localhost); use https://")
+    return host, tls
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
@@ -181,7 +228,9 @@ def lifecycle_policy(keep_images: int) -> dict:
 
 def ensure_repository(ecr, name: str, keep_images: int = 10,
                       note: Callable[[str], None] = _noop) -> str:
-    """Create the repository if absent; (re)apply scan-on-push and the lifecycle policy.
+    """Create the repository if absent; (re)apply immutable tags, scan-on-push and the
+    lifecycle policy. Immutable: a tag names one image for good, so what a function or model
+    runs cannot change under it (build_and_push gives a clear message before ECR refuses).
 
     Returns the repository URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME).
     """
@@ -191,13 +240,16 @@ def ensure_repository(ecr, name: str, keep_images: int = 10,
         note(f"ECR repository {name} exists")
         ecr.put_image_scanning_configuration(
             repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
+        if repository.get("imageTagMutability") != "IMMUTABLE":
+            ecr.put_image_tag_mutability(repositoryName=name, imageTagMutability="IMMUTABLE")
+            note("image tags made immutable")
     else:
         repository = ecr.create_repository(
             repositoryName=name,
             imageScanningConfiguration={"scanOnPush": True},
-            imageTagMutability="MUTABLE",
+            imageTagMutability="IMMUTABLE",
         )["repository"]
-        note(f"created ECR repository {name}")
+        note(f"created ECR repository {name} (immutable tags)")
     ecr.put_lifecycle_policy(
         repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle_policy(keep_images)))
     note(f"scan on push on; lifecycle policy keeps {keep_images} images")
@@ -211,31 +263,60 @@ def delete_repository(ecr, name: str, note: Callable[[str], None] = _noop) -> bo
     return not gone
 
 
-def ecr_login(ecr) -> str:
-    """Log the container engine in to ECR with a 12-hour token; returns the registry host."""
+def ecr_login(ecr) -> Registry:
+    """Log the container engine in to ECR with a 12-hour token; returns where to push.
+
+    The registry is the one the token names, or ECR_REGISTRY_OVERRIDE's (registry_override).
+    """
     data = ecr.get_authorization_token()["authorizationData"][0]
     username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
-    registry = data["proxyEndpoint"].removeprefix("https://").removeprefix("http://")
-    containers.login(registry, username, password)
-    return registry
+    host, tls = registry_override() or (
+        data["proxyEndpoint"].removeprefix("https://").removeprefix("http://"), True)
+    containers.login(host, username, password, tls_verify=tls)
+    return Registry(host, username, password, tls)
+
+
+class PushRefused(RuntimeError):
+    """The tag already names another image; tags are immutable."""
 
 
 def build_and_push(ecr, repository_uri: str, tag: str, dockerfile: str | Path,
                    build_args: dict[str, str] | None = None, platform: str | None = None,
                    note: Callable[[str], None] = _noop) -> str:
-    """Build the image locally, log in to ECR and push it as REPOSITORY_URI:TAG.
+    """Log in to ECR, build the image locally and push it as REGISTRY/REPOSITORY:TAG.
 
     `platform` (linux/amd64 or linux/arm64) must match the function's or instance's
     architecture; building for the other one needs qemu/binfmt on the build machine.
+    A tag that already holds this very image is left as it is (re-deploys push nothing); one
+    that holds another image raises PushRefused, whatever the repository's own setting.
     """
+    # Log in first: a refused login costs a second, not a build of minutes.
+    registry = ecr_login(ecr)
+    note(f"logged in to {registry.host}" + ("" if registry.tls else " (plain HTTP, loopback)"))
     local_tag = f"{repository_uri.rsplit('/', 1)[-1]}:{tag}"
     containers.build(local_tag, dockerfile, build_args=build_args, platform=platform)
-    note(f"built {local_tag} with {containers.engine()}")
-    ecr_login(ecr)
-    remote = f"{repository_uri}:{tag}"
-    containers.push(local_tag, remote)
-    note(f"pushed {remote}")
+    image = containers.image_id(local_tag)
+    note(f"built {local_tag} ({image[:19]}) with {containers.engine()}")
+    repository = repository_uri.split("/", 1)[1]
+    remote = f"{registry.host}/{repository}:{tag}"
+    # Checked here rather than left to ECR's IMMUTABLE setting: a registry standing in for
+    # ECR may have no such setting, and a push is minutes wasted before ECR's refusal.
+    held = held_by_tag(registry, repository, tag)
+    if held is not None and held.image_id == image:
+        note(f"{remote} already holds this image ({held.digest}): nothing to push")
+        return remote
+    if held is not None:
+        raise PushRefused(
+            f"{remote} already holds another image ({held.image_id or held.media_type}, "
+            f"ours is {image}); tags are immutable: deploy with a new --tag")
+    digest = containers.push(local_tag, remote, tls_verify=registry.tls)
+    note(f"pushed {remote} ({digest})")
     return remote
+
+
+# Errors of the build-login-push path that the deploy CLIs print as one line.
+PUSH_ERRORS = (SettingsError, containers.RegistryLoginError, containers.PushFailed,
+               RegistryError, PushRefused)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,16 +91,60 @@ def image_size_bytes(tag: str) -> int:
     return int(json.loads(out))
 
 
-def login(registry: str, username: str, password: str) -> None:
-    subprocess.run(
-        [engine(), "login", "--username", username, "--password-stdin", registry],
-        input=password,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+class RegistryLoginError(RuntimeError):
+    """The registry refused the credentials (or could not be reached); one line for the user."""
 
 
-def push(local_tag: str, remote_tag: str) -> None:
+class PushFailed(RuntimeError):
+    """The engine could not push (network, quota, permissions); one line for the user."""
+
+
+def image_id(tag: str) -> str:
+    """The local image's id as `sha256:HEX`: the digest of its config, which a registry's
+    manifest names too (podman prints the bare hex, docker the prefixed form)."""
+    out = subprocess.run([engine(), "image", "inspect", tag, "--format", "{{.Id}}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return out if out.startswith("sha256:") else f"sha256:{out}"
+
+
+def _tls_flags(tls_verify: bool) -> list[str]:
+    # Plain HTTP needs podman's --tls-verify=false; docker has no such flag and already talks
+    # plain HTTP to 127.0.0.0/8, the only place awsdeploy.aws lets an insecure registry be.
+    return [] if tls_verify or engine() == "docker" else ["--tls-verify=false"]
+
+
+def login(registry: str, username: str, password: str, tls_verify: bool = True) -> None:
+    """`ENGINE login` with the password on stdin (never in argv, where `ps` shows it)."""
+    command = [engine(), "login", *_tls_flags(tls_verify), "--username", username,
+               "--password-stdin", registry]
+    result = subprocess.run(command, input=password, text=True, capture_output=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise RegistryLoginError(f"{engine()} login to {registry} as {username} failed: "
+                                 f"{reason[-1] if reason else f'exit {result.returncode}'}")
+
+
+def push(local_tag: str, remote_tag: str, tls_verify: bool = True) -> str:
+    """Tag and push; returns the pushed manifest's digest (sha256:HEX).
+
+    podman pushes `--format v2s2`: the Docker single-image manifest, the format the image was
+    built in (build() keeps HEALTHCHECK that way), never a manifest list, which Lambda refuses.
+    docker pushes what it built, a single manifest since build() passes --provenance=false.
+    """
     subprocess.run([engine(), "tag", local_tag, remote_tag], check=True, capture_output=True)
-    subprocess.run([engine(), "push", remote_tag], check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as folder:
+        digest_file = Path(folder) / "digest"
+        single = [] if engine() == "docker" else ["--format", "v2s2",
+                                                   "--digestfile", str(digest_file)]
+        command = [engine(), "push", *single, *_tls_flags(tls_verify), remote_tag]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = result.stderr.strip().splitlines() or [f"exit {result.returncode}"]
+            raise PushFailed(f"{engine()} push {remote_tag} failed: {reason[-1]}")
+        if digest_file.exists():
+            return digest_file.read_text().strip()
+    # docker prints "TAG: digest: sha256:HEX size: N" as its last line.
+    found = re.search(r"digest: (sha256:[0-9a-f]{64})", result.stdout)
+    if not found:
+        raise PushFailed(f"docker push {remote_tag} printed no digest: {result.stdout[-500:]}")
+    return found[1]

@@ -213,7 +213,9 @@ def _run_pipeline(config: BenchConfig, work: Path) -> None:
     _run(work, str(REPO_ROOT / "export" / "to_onnx.py"),
          "--model-uri", "models:/mhist-resnet18/latest", "--data-dir", str(data),
          "--out", str(onnx), "--tracking-uri", tracking_uri, "--calibration-size", "32",
-         "--allow-degraded", env=env)
+         # The peers (PyTorch, MLflow's server) answer softmax(logits): every variant is
+         # cross-checked on the network's own probabilities, so no temperature here.
+         "--no-temperature-scaling", "--allow-degraded", env=env)
     write_json(work / "pipeline.json", {"key": _pipeline_key(config),
                                         "tracking_uri": tracking_uri})
 

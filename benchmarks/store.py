@@ -22,6 +22,7 @@ SECTIONS = (
     "size",           # (5) image and Python env sizes
     "peer",           # (6) `mlflow models serve` (PyTorch, ONNX) vs our Flask service
     "precision",      # (7) FP32 vs INT8 file size, load time, accuracy
+    "slides",         # (8) whole slide: tiles/s, seconds per slide, peak memory vs slide size
 )
 
 

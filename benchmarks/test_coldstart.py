@@ -6,7 +6,9 @@ settings, the Lambda adapter's handler), each with the FP32 and the INT8 file, v
 process (training checkpoint + torchvision, and frozen TorchScript as the baseline image
 does). Every probe starts with the production environment (machine.production_env).
 Container: `podman run` → first 200 (HTTP targets with each file, PyTorch baseline) / first
-Lambda response, polling with the real prediction request.
+Lambda response, polling with the real prediction request; against the floor, `podman run` of
+the base image with `python -c pass`, measured in the same run. The ONNX images' start-up line
+(services/startup.py) and first access line split that time into phases (see _phases).
 The first prediction of every probe and container is compared with the ONNX FP32 reference.
 
 Warm page cache: every run after the first finds the files in memory, as a restarted or
@@ -19,9 +21,11 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import suppress
 
 import pytest
 
+from awsdeploy.containers import base_image, engine
 from benchmarks.checks import answer_problem
 from benchmarks.machine import production_env
 from benchmarks.probe import ONNX_PROBES, REPO_ROOT, TORCH_PROBES
@@ -107,16 +111,90 @@ def test_process_cold_start(target, precision, request, bench_model, bench_confi
         assert not {"torch", "torchvision", "mlflow"} & set(record["heavy_modules"])
 
 
+def _floor_run(image: str) -> float:
+    """Seconds of `run --rm IMAGE python3 -c pass`: what any container start costs here."""
+    started = time.perf_counter()
+    done = subprocess.run([engine(), "run", "--rm", image, "python3", "-c", "pass"],
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    return seconds
+
+
+@pytest.mark.container
+def test_container_floor(require_containers, bench_config, results):
+    """Measured before the images' cold starts, in the same run: their floor."""
+    image = base_image()
+    _floor_run(image)  # not timed: the first run may still read the image from disk
+    runs = [_floor_run(image) for _ in range(bench_config.cold_repeats)]
+    results.put("coldstart", "container/floor", {
+        "target": "floor", "image": image, "command": "python3 -c pass", "repeats": len(runs),
+        "first_200_s_median": median(runs), "first_200_s_all": [round(r, 4) for r in runs]})
+
+
+def _json_lines(logs: str) -> list[dict]:
+    lines = []
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            with suppress(ValueError):
+                lines.append(json.loads(line))
+    return lines
+
+
+def _phases(logs: str, launched_at: float, first_ok_at: float) -> dict | None:
+    """Where a cold start went, from the first start-up line and the first access line (all
+    epoch seconds on this host's clock):
+        runtime_s        `run` → the container's PID 1 starts (engine, runtime, namespaces)
+        server_s         PID 1 → the process that serves starts (front server, gunicorn
+                         master and its fork; 0 where PID 1 serves, as awslambdaric does)
+        imports_s        that process → create_app (interpreter, flask, numpy, onnxruntime…)
+        session_s        building the onnxruntime session and reading the metadata
+        app_s            the rest of create_app
+        first_request_s  app ready → the first 200 seen by the client (polling gap ≤ 25 ms,
+                         the first request itself), of which first_inference_s is the first
+                         decode + preprocess + session.run
+    None when the image writes no start-up line (the PyTorch baseline)."""
+    lines = _json_lines(logs)
+    startup = next((x for x in lines if x.get("event") == "startup"), None)
+    if startup is None or startup.get("process_at") is None:
+        return None
+    first = next((x for x in lines if x.get("event") == "request" and x.get("status") == 200
+                  and "inference_ms" in x), {})
+    init = startup.get("container_init_at") or startup["process_at"]
+    session = startup.get("session_s") or 0.0
+    return {
+        "runtime_s": init - launched_at,
+        "server_s": startup["process_at"] - init,
+        "imports_s": startup["app_at"] - startup["process_at"],
+        "session_s": session,
+        "app_s": startup["ready_at"] - startup["app_at"] - session,
+        "first_request_s": first_ok_at - startup["ready_at"],
+        "first_inference_s": (first["inference_ms"] / 1000.0 if "inference_ms" in first
+                              else None),
+    }
+
+
+def _median_phases(phases: list[dict | None]) -> dict | None:
+    known = [p for p in phases if p]
+    if not known:
+        return None
+    return {key: median([p[key] for p in known if p[key] is not None] or [float("nan")])
+            for key in known[0]}
+
+
 @pytest.mark.container
 @pytest.mark.parametrize("variant", CONTAINER_VARIANTS, ids=CONTAINER_IDS)
 def test_container_cold_start(variant, request, bench_model, bench_config, png_224,
                               mounted_model_dirs, reference, results):
     image = image_for(request, variant)
-    runs, problems = [], []
+    runs, problems, phases = [], [], []
     for _ in range(bench_config.cold_repeats):
         with running(variant.target, image, threads=bench_config.threads,
                      model_dir=mounted_model_dirs[variant.precision]) as target:
             seconds, reply = wait_first_ok(target, png_224)
+            # This host's epoch clock at `run` and at the first 200, for the image's own marks.
+            launched_at = time.time() - (time.perf_counter() - target.box.started_at)
+            phases.append(_phases(target.box.logs(), launched_at, launched_at + seconds))
             extra = {}
             if isinstance(target, LambdaTarget):
                 runtime = target.runtime
@@ -131,5 +209,7 @@ def test_container_cold_start(variant, request, bench_model, bench_config, png_2
               "answer_problems": [p for p in problems if p]}
     if "init_s" in runs[0]:
         record["init_s_median"] = median([r["init_s"] for r in runs])
+    if _median_phases(phases):
+        record["phases_median"] = _median_phases(phases)
     results.put("coldstart", f"container/{variant.key}", record)
     assert not record["answer_problems"], record["answer_problems"]

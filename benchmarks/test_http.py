@@ -12,7 +12,10 @@ reference; every timed answer is compared too.
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import BASELINE
 from benchmarks.checks import assert_answers_ok, cross_check, response_checker
@@ -23,6 +26,7 @@ from benchmarks.targets import (
     PRECISIONS,
     LambdaTarget,
     image_for,
+    lambda_response,
     request_bytes,
     running,
     wait_first_ok,
@@ -30,6 +34,8 @@ from benchmarks.targets import (
 from benchmarks.timing import latency_stats, time_calls
 from services.model import InferenceModel
 from services.preprocessing import preprocess_bytes
+from services.stages import STAGES
+from tests.support.events import make_v2_event
 
 
 def _in_process(model: InferenceModel, png: bytes, rounds: int, warmup: int
@@ -60,11 +66,14 @@ def session_run_p50(bench_model, bench_config, png_224, results) -> dict[str, fl
     return floors
 
 
-def _measure(target, png: bytes, check, config) -> dict:
-    """Sequential requests (concurrency 1) after a short warm-up; every answer checked."""
+def _measure(target, png: bytes, check, config, warmed_up=lambda: None) -> dict:
+    """Sequential requests (concurrency 1) after a short warm-up (then `warmed_up()` is
+    called); every answer checked."""
     if isinstance(target, LambdaTarget):
         samples, problems = [], []
         for i in range(config.warmup + config.http_requests):
+            if i == config.warmup:
+                warmed_up()
             reply = target.send(png)
             problem = check(reply) if reply.status == 200 else (
                 f"status {reply.status}: {reply.body[:200]!r}")
@@ -76,8 +85,40 @@ def _measure(target, png: bytes, check, config) -> dict:
         record.update(errors=len(problems), error_examples=problems[:3])
         return record
     closed_loop(target.base_url, target.path, png, "image/png", 1, config.warmup)
+    warmed_up()
     return closed_loop(target.base_url, target.path, png, "image/png", 1, config.http_requests,
                        validate=check)
+
+
+def stage_totals(target) -> dict[str, tuple[float, float]]:
+    """stage → (seconds, predictions) so far, from the container's own mhist_stage_seconds
+    histogram (GET /metrics; for Lambda, a GET /metrics event)."""
+    if isinstance(target, LambdaTarget):
+        invocation = target.runtime.invoke(make_v2_event(method="GET", path="/metrics"),
+                                           timeout=60)
+        text = lambda_response(invocation, 0.0).body.decode()
+    else:
+        with urllib.request.urlopen(target.base_url.rstrip("/") + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+    sums, counts = {}, {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mhist_stage_seconds_sum":
+                sums[sample.labels["stage"]] = sample.value
+            elif sample.name == "mhist_stage_seconds_count":
+                counts[sample.labels["stage"]] = sample.value
+    return {stage: (sums.get(stage, 0.0), counts.get(stage, 0.0)) for stage in STAGES}
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per stage over the predictions between two stage_totals (the timed ones)."""
+    means = {}
+    for stage in STAGES:
+        seconds = after[stage][0] - before[stage][0]
+        count = after[stage][1] - before[stage][1]
+        if count:
+            means[stage] = 1000.0 * seconds / count
+    return means
 
 
 @pytest.mark.container
@@ -93,7 +134,13 @@ def test_http_latency(variant, request, bench_model, bench_config, png_224, refe
         answers = cross_check(target.send, reference,
                               bench_model.check_images[:bench_config.http_check_images],
                               variant.precision)
-        record = _measure(target, png_224, check, bench_config)
+        before = {}  # the stage histogram's totals once warmed up: stages of timed requests
+        if variant.target == BASELINE:
+            record = _measure(target, png_224, check, bench_config)
+        else:
+            record = _measure(target, png_224, check, bench_config,
+                              lambda: before.update(stage_totals(target)))
+            record["stages_ms"] = stage_means(before, stage_totals(target))
     record.update(target=variant.target, precision=variant.precision, image=image,
                   request=variant.request, request_bytes=request_bytes(variant, png_224),
                   threads=bench_config.threads, answers=answers)

@@ -186,7 +186,8 @@ def spec(bench_model):
 @pytest.fixture(scope="module")
 def onnx_mlflow_model(mlflow_ready, bench_model, bench_config, spec) -> Path:
     """The FP32 ONNX file saved as an MLflow model (onnx flavour), with the session options our
-    service uses (threads, sequential, spinning off) and a float32 tensor signature."""
+    service uses (threads, sequential, spinning off), a float32 tensor signature, and the
+    logits as its only output."""
     import mlflow.onnx
     import onnx
     from mlflow.models import infer_signature
@@ -197,8 +198,15 @@ def onnx_mlflow_model(mlflow_ready, bench_model, bench_config, spec) -> Path:
         meta = model.metadata
         example = preprocess_bytes(bench_model.image_bytes, spec)[None]  # (1, 3, 224, 224)
         logits = model.session.run([meta.output_name], {meta.input_name: example})[0]
+        graph = onnx.load(str(bench_model.fp32))
+        # Our server fetches only the logits (the explanation's feature map only on request);
+        # MLflow's onnx flavour returns every graph output, so it gets the same graph with the
+        # logits as its one output: same weights, same computation, same answer to serialise.
+        kept = [o for o in graph.graph.output if o.name == meta.output_name]
+        del graph.graph.output[:]
+        graph.graph.output.extend(kept)
         mlflow.onnx.save_model(
-            onnx.load(str(bench_model.fp32)), str(folder), save_as_external_data=False,
+            graph, str(folder), save_as_external_data=False,
             signature=infer_signature(example, {meta.output_name: logits}),
             onnx_execution_providers=["CPUExecutionProvider"],
             onnx_session_options={"intra_op_num_threads": bench_config.threads,

@@ -169,3 +169,73 @@ def test_readme_table_matches_latest():
     assert readme == report.readme_block_for(report.LATEST.read_text()), (
         "README.md's benchmark table differs from benchmarks/LATEST.md: run "
         "`python -m benchmarks.report --readme README.md`")
+
+
+def test_cold_start_is_set_against_the_floor(run_dir):
+    cold = read_results(FIXTURE)["coldstart"]
+    floor = cold["container/floor"]["first_200_s_median"]
+    flask = cold["container/flask-int8"]["first_200_s_median"]
+    text = _render()
+    assert f"| {flask:.2f} | {flask - floor:.2f} | " in text
+    assert f"| floor: base image, `python3 -c pass` | {floor:.2f} | – | – |" in text
+
+    def at(seconds: float):
+        return lambda c: c["container/flask-int8"].update(first_200_s_median=seconds)
+    _edit(run_dir, "raw/coldstart.json", at(floor + 0.30))
+    assert f"| {floor + 0.30:.2f} | 0.30 | yes |" in _render(run_dir)
+    _edit(run_dir, "raw/coldstart.json", at(floor + 0.40))
+    assert f"| {floor + 0.40:.2f} | 0.40 | **no** |" in _render(run_dir)
+
+
+def test_cold_start_phases_come_from_the_record():
+    phases = read_results(FIXTURE)["coldstart"]["container/flask-int8"]["phases_median"]
+    text = _render()
+    assert "Where a container's cold start goes" in text
+    cells = " | ".join(f"{phases[name]:.3f}" for name, _ in report.PHASES)
+    assert f"| Flask container, INT8 | {cells} |" in text
+
+
+def test_stage_breakdown_sums_the_stages():
+    rec = read_results(FIXTURE)["http"]["flask-int8"]
+    stages = rec["stages_ms"]
+    total = sum(stages.values())
+    text = _render()
+    assert f"| {total:.2f} | {rec['mean_ms']:.2f} | {rec['mean_ms'] - total:.2f} |" in text
+    assert f"| {stages['run']:.2f} |" in text
+
+
+def test_size_goal_follows_the_numbers(run_dir):
+    _edit(run_dir, "raw/size.json", lambda s: s["flask-int8"].update(image_mb=251.0))
+    assert "| Flask container, INT8 | 251 |" in _render(run_dir)
+    row = next(line for line in _render(run_dir).splitlines()
+               if line.startswith("| Flask container, INT8 | 251 |"))
+    assert "| **no** |" in row
+
+
+def test_slides_section_is_computed():
+    slides = read_results(FIXTURE)["slides"]
+    int8, fp32 = (slides[f"run/{k}"]["seconds_per_slide_median"] for k in ("ort-int8", "ort-fp32"))
+    memory = slides["memory"]["ort-int8"]
+    text = _render()
+    assert "## 8. Whole slide" in text and "SYNTHETIC" in text
+    assert (f"ONNX Runtime INT8 ({int8:.2f} s) vs ONNX Runtime FP32 ({fp32:.2f} s): "
+            f"ONNX Runtime INT8 {_speed(int8, fp32)}") in text
+    peaks = memory["peak_rss_mb"]
+    assert (f"peak RSS ×{peaks['4x'] / peaks['1x']:.2f} ({peaks['1x']} → {peaks['4x']} MB, "
+            f"{peaks['4x'] - peaks['1x']:+d} MB") in text
+
+
+def test_slides_sentences_follow_the_numbers(run_dir):
+    """A slower INT8, a peak that doubles and a wrong tile: each sentence must say so."""
+    def change(slides: dict) -> None:
+        slides["run/ort-int8"]["seconds_per_slide_median"] = (
+            slides["run/ort-fp32"]["seconds_per_slide_median"] * 2)
+        memory = slides["memory"]["ort-int8"]
+        memory["peak_rss_mb"]["4x"] = memory["peak_rss_mb"]["1x"] * 2
+        memory["peak_ratio"] = 2.0
+        slides["agreement"]["ort-int8"]["4x"].update(ok=False, max_abs_diff=0.4)
+    _edit(run_dir, "raw/slides.json", change)
+    text = _render(run_dir)
+    assert "Seconds per slide: ONNX Runtime INT8" in text and "INT8 ×2.00 slower" in text
+    assert "peak RSS ×2.00" in text
+    assert "Answers: **WRONG** for ONNX Runtime INT8." in text

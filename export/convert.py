@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from export.features import with_features
 from services.metadata import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 
 OPSET = 18
@@ -21,8 +22,9 @@ def export_fp32(model: torch.nn.Module, image_size: int, out_path: Path) -> None
     """Export with a dynamic batch axis into a single file (no `.onnx.data` beside it).
 
     A batch of 2 as the example: a batch-1 example can specialise the batch dimension to 1.
+    A ResNet also outputs its last feature map (export/features.py), for explanations.
     """
-    model = model.eval().cpu()
+    model, extra_outputs = with_features(model.eval().cpu())
     example = torch.randn(2, 3, image_size, image_size)  # (N, 3, S, S)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with tempfile.TemporaryDirectory() as tmp:
@@ -32,7 +34,7 @@ def export_fp32(model: torch.nn.Module, image_size: int, out_path: Path) -> None
             (example,),
             str(staged),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, *extra_outputs],
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             dynamo=True,

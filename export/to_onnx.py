@@ -22,13 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from export.calibration import BandTarget, calibrate_export, report_test, summary_lines
 from export.convert import OPSET, ExportError, export_fp32, write_metadata
 from export.evaluate import (
     accuracy_gate,
+    agreement_lines,
     check_parity,
     compare_precisions,
     load_batch,
 )
+from export.features import explain_metadata
+from export.quality_ranges import NoRangesError, quality_ranges
 from export.quantize import (
     ImageCalibrationReader,
     QuantSettings,
@@ -47,6 +51,7 @@ from services.files import sha256_file
 from services.metadata import ModelMetadata
 from services.model import InferenceModel
 from services.preprocessing import PreprocessSpec
+from services.quality import QualityRanges
 from training import input_mpp
 from training.data import DatasetError, load_annotations
 from training.provenance import DEFAULT_TRACKING_URI, git_commit
@@ -145,7 +150,42 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="INT8 may lose at most this many accuracy percentage points vs FP32",
     )
     p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.95,
+        help="INT8 must give FP32's label on at least this share of the validation images",
+    )
+    p.add_argument(
         "--allow-degraded", action="store_true", help="keep an INT8 file that fails the gate"
+    )
+    p.add_argument(
+        "--quality-ranges",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the training images' focus, tissue and stain ranges (mhist.quality) so "
+        "serving warns about blurry, mostly-background or oddly stained inputs",
+    )
+    p.add_argument(
+        "--temperature-scaling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit a temperature on each file's validation logits and serve softmax(logits / T) "
+        "(mhist.calibration); labels are unchanged",
+    )
+    band = p.add_mutually_exclusive_group()
+    band.add_argument(
+        "--uncertain-target-accuracy",
+        type=float,
+        default=None,
+        help="answer 'uncertain' in the narrowest band around the threshold that leaves this "
+        "accuracy on the other validation images (e.g. 0.95); default: no band",
+    )
+    band.add_argument(
+        "--uncertain-coverage",
+        type=float,
+        default=None,
+        help="answer 'uncertain' in the widest band that still answers this share of the "
+        "validation images (e.g. 0.9); default: no band",
     )
     return p
 
@@ -153,6 +193,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    band_target = _band_target(args)  # a bad target fails before any work
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise ValueError(f"--min-agreement {args.min_agreement:g} is a share of images: give a "
+                         "number between 0 and 1 (default 0.95)")
     source = _load_source(args)
     spec = PreprocessSpec.from_dict(source.card["preprocessing"])
     mpp = _model_mpp(args.mpp, source.card, spec)
@@ -161,10 +205,13 @@ def main(args: argparse.Namespace) -> dict:
     splits = training_splits(_records(data_dir), source.card)
     args.out.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = args.out / "model.onnx", args.out / "model.int8.onnx"
+    t = time.perf_counter()
+    quality, quality_report = _quality(args.quality_ranges, splits, spec)
+    timings["quality_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     export_fp32(source.model, spec.size, fp32_path)
-    write_metadata(fp32_path, _metadata(source, spec, "fp32", {}, mpp))
+    write_metadata(fp32_path, _metadata(source, spec, "fp32", {}, mpp, quality))
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -198,21 +245,32 @@ def main(args: argparse.Namespace) -> dict:
         ImageCalibrationReader(calibration, spec, fp32.metadata.input_name),
         settings,
     )
-    write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict(), mpp))
+    write_metadata(int8_path, _metadata(source, spec, "int8", settings.to_dict(), mpp, quality))
     timings["quantize_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     int8 = InferenceModel(int8_path)
     comparison = _compare(fp32, int8, splits.validation, spec, source.card, args.eval_limit)
     timings["evaluate_s"] = time.perf_counter() - t
+
+    # Temperature and band from validation, into the files' metadata (before their sha256).
+    t = time.perf_counter()
+    onnx_files = {"fp32": fp32_path, "int8": int8_path}
+    probability_calibration = calibrate_export(
+        onnx_files, splits.validation, spec, args.temperature_scaling, band_target,
+        args.out / "calibration",
+    )
+    timings["calibrate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     report = _report(
         args, source, data_dir, splits, parity, settings, comparison, fp32_path, int8_path, timings
     )
+    report["calibration"] = probability_calibration
+    report["input_quality"] = quality_report
     report_path = args.out / "export_report.json"
     try:
         report["int8"]["gate"]["warning"] = accuracy_gate(
-            comparison, args.max_accuracy_drop, args.allow_degraded
+            comparison, args.max_accuracy_drop, args.allow_degraded, args.min_agreement
         )
     except ExportError:
         int8_path.unlink()  # nobody should serve a file that failed its gate
@@ -226,6 +284,7 @@ def main(args: argparse.Namespace) -> dict:
         **_compare(fp32, int8, splits.test, spec, source.card, args.eval_limit, REPORT_SPLIT),
         "gates": False,
     }
+    report_test(probability_calibration, onnx_files, splits.test, spec, args.out / "calibration")
     timings["test_evaluation_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -235,6 +294,35 @@ def main(args: argparse.Namespace) -> dict:
         report_path.write_text(json.dumps(report, indent=2))
     _print_summary(report)
     return report
+
+
+def _band_target(args: argparse.Namespace) -> BandTarget | None:
+    if args.uncertain_target_accuracy is None and args.uncertain_coverage is None:
+        return None
+    return BandTarget(args.uncertain_target_accuracy, args.uncertain_coverage)
+
+
+def _quality(
+    enabled: bool, splits: ExportSplits, spec: PreprocessSpec
+) -> tuple[QualityRanges | None, dict]:
+    """Input quality ranges from the fit split, with the validation split's flag rates."""
+    if not enabled:
+        return None, {"enabled": False}
+    try:
+        ranges, report = quality_ranges(
+            splits.calibration, splits.validation, spec, CALIBRATION_SPLIT, GATE_SPLIT
+        )
+    except NoRangesError as exc:  # e.g. blank images: the model is still exported, unchecked
+        print(f"WARNING: no input quality ranges recorded ({exc}); serving will not check "
+              "inputs")
+        return None, {"enabled": False, "skipped": str(exc)}
+    flagged = report[GATE_SPLIT]
+    print(
+        f"input quality ranges from {len(splits.calibration)} {CALIBRATION_SPLIT} images; "
+        f"{flagged['flagged']} of {flagged['images']} {GATE_SPLIT} images would be flagged "
+        f"({', '.join(f'{k} {v}' for k, v in flagged['by_code'].items())})"
+    )
+    return ranges, {"enabled": True, **report}
 
 
 def _load_source(args: argparse.Namespace) -> ModelSource:
@@ -269,7 +357,8 @@ def _model_mpp(given: float | None, card: dict, spec: PreprocessSpec) -> float:
 
 
 def _metadata(
-    source: ModelSource, spec: PreprocessSpec, precision: str, quantization: dict, mpp: float
+    source: ModelSource, spec: PreprocessSpec, precision: str, quantization: dict, mpp: float,
+    quality: QualityRanges | None = None,
 ) -> ModelMetadata:
     card = source.card
     return ModelMetadata(
@@ -294,6 +383,9 @@ def _metadata(
         metrics=card.get("metrics", {}),
         quantization=quantization,
         mpp=mpp,
+        # The same fp32 fc weights in both files, so FP32 and INT8 draw comparable maps.
+        explain=explain_metadata(source.model),
+        quality=quality,
     )
 
 
@@ -313,6 +405,7 @@ def _compare(
         load_batch([r.path for r in chosen], spec),
         np.array([int(r.label == card["positive_class"]) for r in chosen]),
         split,
+        votes=np.array([r.votes for r in chosen]),
     )
 
 
@@ -348,6 +441,7 @@ def _report(
             "gate": {
                 "split": comparison["split"],
                 "max_accuracy_drop_pp": args.max_accuracy_drop,
+                "min_top1_agreement": args.min_agreement,
                 "passed": True,
             },
         },
@@ -433,6 +527,10 @@ def _print_summary(report: dict) -> None:
             f"{final['fp32']['accuracy']:.3f} vs INT8 {final['int8']['accuracy']:.3f} on "
             f"{final['images']} test images"
         )
+    for line in agreement_lines(cmp_) + agreement_lines(final):
+        print(line)
+    for line in summary_lines(report.get("calibration")):
+        print(line)
     if report["int8"]["gate"].get("warning"):
         print(f"WARNING (--allow-degraded): {report['int8']['gate']['warning']}")
     if "mlflow" in report:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
+
+from export.calibration import flat_metrics
 
 
 def log_export(
@@ -24,7 +27,10 @@ def log_export(
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    # Under `mlflow run -e export`, MLFLOW_RUN_ID names a run that already exists in the
+    # experiment the CLI chose; setting ours as well would make start_run refuse the mismatch.
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
     client = MlflowClient(tracking_uri=tracking_uri)
     registered: dict[str, str] = {}
     with mlflow.start_run(run_name="onnx-export") as run:
@@ -39,6 +45,10 @@ def log_export(
         mlflow.log_params({f"quant_{k}": v for k, v in report["int8"]["settings"].items()})
         mlflow.log_metrics(_flat_metrics(report))
         mlflow.log_artifact(str(report_path))
+        # Reliability diagrams and coverage-vs-accuracy curves (export/calibration.py).
+        calibration_dir = report_path.parent / "calibration"
+        if calibration_dir.is_dir():
+            mlflow.log_artifacts(str(calibration_dir), artifact_path="calibration")
         for precision, path in files.items():
             info = mlflow.onnx.log_model(
                 onnx.load(str(path)),
@@ -69,7 +79,8 @@ def _flat_metrics(report: dict) -> dict[str, float]:
         for key in ("accuracy", "roc_auc")
         if final and final[precision].get(key) is not None
     }
-    return tested | {
+    agreement = _agreement_metrics(int8, final)
+    return tested | agreement | flat_metrics(report.get("calibration")) | {
         "parity_max_abs_diff": report["parity"]["max_abs_diff"],
         "int8_accuracy_drop_pp": int8["accuracy_drop_pp"],
         "int8_top1_agreement": int8["top1_agreement"],
@@ -77,3 +88,16 @@ def _flat_metrics(report: dict) -> dict[str, float]:
         "int8_size_mb": report["files"]["int8"]["size_bytes"] / 1e6,
         "export_seconds": report["timings"]["total_s"],
     }
+
+
+def _agreement_metrics(validation: dict, test: dict) -> dict[str, float]:
+    """AUC and accuracy of the annotator-agreement groups: fp32_split_roc_auc, test_int8_…"""
+    out = {}
+    for split_prefix, comparison in (("", validation), ("test_", test)):
+        for precision, metrics in (comparison or {}).get("agreement", {}).items():
+            for group in ("agree", "split"):
+                for key in ("roc_auc", "accuracy"):
+                    value = metrics["groups"][group][key]
+                    if value is not None:
+                        out[f"{split_prefix}{precision}_{group}_{key}"] = value
+    return out

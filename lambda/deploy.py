@@ -519,7 +519,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     dep.add_argument("--model", default="artifacts/model.int8.onnx",
                      help="ONNX file (inside the repository) baked into the image")
     dep.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"),
-                     help="image tag to push (default: a timestamp)")
+                     help="image tag to push; tags are immutable, so a tag that holds "
+                          "another image is refused (default: a timestamp)")
     dep.add_argument("--architecture", choices=sorted(PLATFORMS), default="x86_64",
                      help="function architecture (arm64 is cheaper per GB-second)")
     dep.add_argument("--memory", type=int, default=2048,
@@ -549,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(dry_run=args.dry_run)
     if args.command == "deploy":
         _validate(args)
-        deploy(args, plan)
+        try:
+            deploy(args, plan)
+        except aws.PUSH_ERRORS as exc:
+            raise SystemExit(f"error: {exc}") from None
     else:
         destroy(args, plan)
     print(plan.summary())
@@ -570,6 +574,11 @@ def _validate(args: argparse.Namespace) -> None:
     if not args.image_uri and not (REPO_ROOT / args.model).is_file() and not args.dry_run:
         raise SystemExit(f"--model {args.model} does not exist; export one first (make export) "
                          "or pass --image-uri")
+    if not args.image_uri:
+        try:
+            aws.registry_override()  # where the push goes: refuse a bad setting before AWS
+        except aws.SettingsError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

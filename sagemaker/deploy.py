@@ -89,6 +89,8 @@ def cmd_deploy(ctx: Context) -> None:
     archive = args.model_tar
     if not archive.is_file():
         raise DeployError(f"{archive} does not exist: build it with `python sagemaker/package.py`")
+    if not args.image_uri:
+        aws.registry_override()  # where the push goes: refuse a bad setting before AWS
     digest = sha256_file(archive)
     bucket = ctx.bucket()
     model_data = f"s3://{bucket}/{MODEL_PREFIX}/{args.endpoint_name}/{digest[:12]}/model.tar.gz"
@@ -128,7 +130,9 @@ def _image(ctx: Context, digest: str) -> str:
     if ctx.args.image_uri:
         ctx.plan.step(f"use image {ctx.args.image_uri}")
         return ctx.args.image_uri
-    tag = ctx.args.tag or f"model-{digest[:12]}"
+    # The image does not hold the model (SageMaker mounts it), and tags are immutable: a tag
+    # per deploy, so a code change with the same model never collides with an earlier push.
+    tag = ctx.args.tag or f"model-{digest[:12]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     repository = ctx.args.repository
     uri = f"{ctx.account()}.dkr.ecr.{ctx.region}.amazonaws.com/{repository}:{tag}"
     if ctx.plan.step(f"build sagemaker/Dockerfile and push it as {uri}"):
@@ -515,7 +519,9 @@ def _add_deploy(parser: argparse.ArgumentParser) -> None:
                         help="archive from sagemaker/package.py (default ./model.tar.gz)")
     parser.add_argument("--image-uri", default=None,
                         help="use this image instead of building and pushing one")
-    parser.add_argument("--tag", default=None, help="image tag (default model-<sha256[:12]>)")
+    parser.add_argument("--tag", default=None,
+                        help="image tag; tags are immutable, so one that holds another "
+                             "image is refused (default model-<sha256[:12]>-<UTC timestamp>)")
     parser.add_argument("--platform", default="linux/amd64",
                         help="image platform; must match the instance type (default linux/amd64)")
     parser.add_argument("--role-arn", default=None, help="use this execution role as is")
@@ -578,7 +584,8 @@ def _add_invoke(parser: argparse.ArgumentParser) -> None:
                         help='send {"image": "<base64>"} as application/json instead of raw bytes')
     parser.add_argument("--accept", default="application/json", help="Accept header")
     parser.add_argument("--custom-attributes", default=None,
-                        help="X-Amzn-SageMaker-Custom-Attributes (the container ignores it)")
+                        help="X-Amzn-SageMaker-Custom-Attributes; the container reads only "
+                        "explain=1 (adds the class activation map) and ignores the rest")
 
 
 COMMANDS = {"deploy": cmd_deploy, "autoscale": cmd_autoscale, "batch": cmd_batch,
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                     out=sys.stderr if args.command == "invoke" else sys.stdout)
     try:
         COMMANDS[args.command](Context(args, plan))
-    except (DeployError, FileNotFoundError) as exc:
+    except (DeployError, FileNotFoundError, *aws.PUSH_ERRORS) as exc:
         print(f"deploy.py {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except ClientError as exc:

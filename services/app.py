@@ -16,6 +16,7 @@ Local run without a container:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from services.limits import BoundedRequest
 from services.metrics import Metrics
 from services.routes import api, ops, region, sagemaker, ui
 from services.settings import Settings
+from services.startup import log_ready
 from services.state import ModelState, Runtime, attach
 
 
@@ -34,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, `config` overriding it (keys: Settings fields in
     upper case, e.g. MODEL_PATH). ModelLoadError when the model is required and unusable,
     SettingsError when a setting is."""
+    app_at = time.time()  # start-up timeline (services/startup.py): imports are done here
     settings = Settings.from_env(overrides=config)
     app = Flask(__name__)
     app.request_class = BoundedRequest  # 413s that name their limit, chunked bodies included
@@ -54,4 +57,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if settings.target == "sagemaker":
         app.register_blueprint(sagemaker.bp)
     hooks.register(app, settings)
+    log_ready(app_at, state.model.load_seconds if state.model else None)
     return app

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.preprocessing import MIN_SIDE, PreprocessSpec
+from services.quality import QualityRanges
 
 SCHEMA_VERSION = "1"
 PREFIX = "mhist."
@@ -48,6 +49,19 @@ class ModelMetadata:
     quantization: dict = field(default_factory=dict)  # int8 settings, empty for fp32
     mpp: float = DEFAULT_MPP  # µm per pixel of the network input (its physical scale)
     mpp_note: str | None = None  # why `mpp` is an assumption, when the file lacks it
+    # Input quality ranges from the training images (services/quality.py, `mhist.quality`).
+    # None: no quality checks, and predictions carry no `warnings` / `quality` fields.
+    quality: QualityRanges | None = None
+    # Class activation maps (services/explain.py): method, feature output name, fp32 fc weights
+    # (C, K) and bias (C,). Empty for a file exported without the feature output.
+    explain: dict = field(default_factory=dict)
+    # Temperature scaling fitted on validation at export (export/calibration.py): {"method":
+    # "temperature", "temperature": T, "threshold": `threshold` mapped into calibrated P, ...}.
+    # Empty: the file serves softmax(logits) as before.
+    calibration: dict = field(default_factory=dict)
+    # {"low", "high", ...} on the served P(positive): strictly inside it the decision is
+    # "uncertain". Empty: decision == label.
+    uncertain_band: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_classes(self.classes)
@@ -60,10 +74,29 @@ class ModelMetadata:
             raise ValueError(f"threshold {self.threshold!r} is not a number in [0, 1]")
         if not (_is_number(self.mpp) and 0.0 < self.mpp < math.inf):
             raise ValueError(f"mpp {self.mpp} is not a positive number of µm per pixel")
+        _check_calibration(self)
+        _check_uncertain_band(self)
 
     @property
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class)
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before softmax; 1.0 for a file without calibration."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def served_threshold(self) -> float:
+        """The threshold in the space of the probabilities served (calibrated or not). The label
+        is still decided by `threshold` on the uncalibrated P(positive), its own definition."""
+        return float(self.calibration["threshold"]) if self.calibration else self.threshold
+
+    def decide(self, label: str, p_positive: float) -> str:
+        """The decision: "uncertain" strictly inside the band (on the served P(positive)),
+        else the label."""
+        band = self.uncertain_band
+        return "uncertain" if band and band["low"] < p_positive < band["high"] else label
 
     def to_props(self) -> dict[str, str]:
         """Flat string map for `onnx.ModelProto.metadata_props`."""
@@ -83,6 +116,14 @@ class ModelMetadata:
             "quantization": json.dumps(self.quantization, sort_keys=True),
             "mpp": repr(float(self.mpp)),
         }
+        if self.quality is not None:  # optional, like explain
+            values["quality"] = json.dumps(self.quality.to_dict(), sort_keys=True)
+        if self.explain:  # optional: older readers and files without it are unaffected
+            values["explain"] = json.dumps(self.explain)
+        if self.calibration:  # optional, like explain
+            values["calibration"] = json.dumps(self.calibration, sort_keys=True)
+        if self.uncertain_band:
+            values["uncertain_band"] = json.dumps(self.uncertain_band, sort_keys=True)
         return {PREFIX + key: value for key, value in values.items()}
 
     @classmethod
@@ -111,6 +152,12 @@ class ModelMetadata:
                 quantization=json.loads(ours.get("quantization", "{}")),
                 mpp=float(ours.get("mpp", DEFAULT_MPP)),
                 mpp_note=None if "mpp" in ours else MPP_NOTE,
+                quality=(QualityRanges.from_dict(_json(ours, "quality", dict))
+                         if "quality" in ours else None),
+                explain=_json(ours, "explain", dict) if "explain" in ours else {},
+                calibration=_json(ours, "calibration", dict) if "calibration" in ours else {},
+                uncertain_band=(_json(ours, "uncertain_band", dict)
+                                if "uncertain_band" in ours else {}),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"the ONNX file's mhist.* metadata is malformed: {exc}") from None
@@ -132,6 +179,12 @@ class ModelMetadata:
             "quantization": self.quantization,
             "mpp": self.mpp,
             **({"mpp_note": self.mpp_note} if self.mpp_note else {}),
+            **({"quality": self.quality.to_dict()} if self.quality is not None else {}),
+            "calibration": self.calibration or None,  # null: probabilities as the graph gives
+            "uncertain_band": self.uncertain_band or None,  # null: decision == label
+            # What a client needs to know; the weights stay in the file (K × C numbers).
+            **({"explain": {k: self.explain.get(k) for k in ("method", "feature_output")}}
+               if self.explain else {}),
         }
 
 
@@ -175,3 +228,52 @@ def _check_preprocessing(spec: PreprocessSpec) -> None:
             bound = "(0" if low_open else "[0"
             raise ValueError(f"preprocessing.{name} {list(values)} must be 3 numbers (R, G, B) "
                              f"in {bound}, {top:g}]")
+
+
+# Temperatures outside this range are no calibration but a broken file: logits / 1e-300 overflow.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+
+
+def calibrated_threshold(threshold: float, temperature: float) -> float:
+    """`threshold` on softmax(z) → the same cut on softmax(z / T), for two classes.
+
+    P = sigmoid(margin), margin = z_pos − z_neg; dividing by T > 0 keeps every margin's order,
+    so p ≥ t ⟺ sigmoid(margin / T) ≥ sigmoid(logit(t) / T): no label changes.
+    """
+    if threshold <= 0.0 or threshold >= 1.0:
+        return float(threshold)  # always / never positive, at any temperature
+    margin = math.log(threshold) - math.log1p(-threshold)  # logit(t)
+    return 1.0 / (1.0 + math.exp(-margin / temperature))
+
+
+def _check_calibration(meta: ModelMetadata) -> None:
+    """ValueError naming the mhist.calibration value that serving cannot use."""
+    cal = meta.calibration
+    if not cal:
+        return
+    key = f"{PREFIX}calibration"
+    if cal.get("method") != "temperature":
+        raise ValueError(f"{key}.method {cal.get('method')!r} is not 'temperature' (the only "
+                         "calibration this server applies)")
+    t = cal.get("temperature")
+    if not (_is_number(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise ValueError(f"{key}.temperature {t!r} is not a number in [{MIN_TEMPERATURE:g}, "
+                         f"{MAX_TEMPERATURE:g}]")
+    cut = cal.get("threshold")
+    expected = calibrated_threshold(meta.threshold, t)
+    if not (_is_number(cut) and abs(cut - expected) <= 1e-9):
+        raise ValueError(f"{key}.threshold {cut!r} is not {PREFIX}threshold {meta.threshold!r} "
+                         f"at temperature {t!r} (expected {expected!r}); re-export the model")
+
+
+def _check_uncertain_band(meta: ModelMetadata) -> None:
+    band = meta.uncertain_band
+    if not band:
+        return
+    key = f"{PREFIX}uncertain_band"
+    if len(meta.classes) != 2:
+        raise ValueError(f"{key} needs two classes, the file has {len(meta.classes)}")
+    low, high, cut = band.get("low"), band.get("high"), meta.served_threshold
+    if not (_is_number(low) and _is_number(high) and 0.0 <= low <= cut <= high <= 1.0):
+        raise ValueError(f"{key} low {low!r} and high {high!r} must be numbers with 0 ≤ low ≤ "
+                         f"threshold ({cut!r}) ≤ high ≤ 1")

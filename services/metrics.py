@@ -9,6 +9,7 @@ values live in this process and /metrics shows them directly.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +20,13 @@ from prometheus_client import (
     multiprocess,
 )
 
+from services.quality import WARNING_CODES
+from services.stages import STAGES
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A stage of one prediction takes from tens of microseconds (serialise) to tens of ms (run).
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+                 0.1, 0.25, 1.0)
 
 
 class Metrics:
@@ -44,10 +51,35 @@ class Metrics:
             "mhist_images", "Images received by outcome (predicted or rejected).",
             ["outcome"], registry=self.registry,
         )
+        self.input_warnings = Counter(
+            "mhist_input_warnings", "Input quality warnings in predictions, by code "
+            "(only for models whose metadata records quality ranges).",
+            ["code"], registry=self.registry,
+        )
+        for code in WARNING_CODES:  # every code on /metrics from the start, at 0: rate() works
+            self.input_warnings.labels(code)
+        self.stages = Histogram(
+            "mhist_stage_seconds", "Time of each stage of a single-image prediction (/predict, "
+            "/invocations): read_body, decode, preprocess, run, postprocess, serialise.",
+            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )
+        for name in STAGES:
+            self.stages.labels(name)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        """One prediction's stage times (services/stages.py)."""
+        for name, value in seconds.items():
+            self.stages.labels(name).observe(value)
+
+    def count_warnings(self, results: Iterable[dict]) -> None:
+        """Count the `warnings` of each prediction (items without any, errors too, add none)."""
+        for result in results:
+            for warning in result.get("warnings") or ():
+                self.input_warnings.labels(warning["code"]).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) for GET /metrics."""

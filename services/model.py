@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,19 @@ import onnxruntime as ort
 from PIL import Image
 
 from services.errors import ModelLoadError, ServiceError
+from services.explain import CamExplainer
+from services.explain import unavailable as explain_unavailable
 from services.files import sha256_file
 from services.metadata import ModelMetadata
-from services.preprocessing import DEFAULT_MAX_PIXELS, preprocess, preprocess_bytes
+from services.preprocessing import (
+    DEFAULT_MAX_PIXELS,
+    preprocess,
+    preprocess_bytes,
+    preprocess_bytes_and_crop,
+)
+from services.quality import assess
 from services.settings import default_threads
+from services.stages import stage
 
 # Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
 # try to persist a device id there and warn in every worker. Nothing is sent from here anyway.
@@ -49,17 +58,27 @@ def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
 class Prediction:
     label: str
     probabilities: dict[str, float]
+    explanation: dict | None = None  # only when the request asked (services/explain.py)
+    decision: str | None = None  # label, or "uncertain" inside the file's band; None: label
+    # Input quality (services/quality.py): both set when the file records mhist.quality.
+    warnings: list | None = None
+    quality: dict | None = None
 
     def to_dict(self, metadata: ModelMetadata) -> dict:
         return {
             "label": self.label,
+            "decision": self.decision or self.label,
             "probabilities": self.probabilities,
-            "threshold": metadata.threshold,
+            # In the space of `probabilities`: calibrated when the file carries a temperature.
+            "threshold": metadata.served_threshold,
             "model": {
                 "name": metadata.name,
                 "version": metadata.version,
                 "precision": metadata.precision,
             },
+            **({"explanation": self.explanation} if self.explanation is not None else {}),
+            **({"warnings": self.warnings, "quality": self.quality}
+               if self.warnings is not None else {}),
         }
 
 
@@ -93,27 +112,36 @@ class InferenceModel:
         started = time.perf_counter()
         self.session = _load_session(self.path, session_options(self.threads, spinning))
         self.metadata = _read_metadata(self.path, self.session)
+        self.explainer = _explainer(self.path, self.session, self.metadata)
         self.load_seconds = time.perf_counter() - started
 
-    def predict_bytes(self, data: bytes) -> dict:
+    def predict_bytes(self, data: bytes, explain: bool = False) -> dict:
         """One image's bytes → prediction JSON; ServiceError (4xx) for a bad image."""
-        batch = preprocess_bytes(data, self.metadata.preprocessing, self.max_pixels)[None]
-        return self.predict_array(batch)[0].to_dict(self.metadata)
+        self.require_explainer(explain)
+        array, crop = self._preprocess(data)
+        with stage("postprocess"):  # softmax, label, checks, JSON dict; session.run nests as "run"
+            prediction = self.predict_array(array[None], explain)[0]
+            return self._checked(prediction, crop).to_dict(self.metadata)
 
-    def predict_many(self, items: Sequence[bytes | ServiceError]) -> list[dict]:
+    def predict_many(self, items: Sequence[bytes | ServiceError],
+                     explain: bool = False) -> list[dict]:
         """Several images in one session.run, results in request order.
 
         An item may already be a ServiceError (the payload parser could not get bytes out of
         it, e.g. bad base64): it keeps its slot, as does an image that fails to decode, and so
         does an item whose preprocessing failed in a way nobody foresaw (logged, status 500).
         """
+        self.require_explainer(explain)  # the whole request is refused, before any work
         arrays: list[np.ndarray] = []
+        crops: list[Image.Image | None] = []  # one per array, for the quality checks
         results: list[dict | None] = []
         for index, item in enumerate(items):
             try:
                 if isinstance(item, ServiceError):
                     raise item
-                arrays.append(preprocess_bytes(item, self.metadata.preprocessing, self.max_pixels))
+                array, crop = self._preprocess(item)
+                arrays.append(array)
+                crops.append(crop)
                 results.append(None)
             except ServiceError as exc:
                 results.append({**exc.to_dict(), "status": exc.status_code})
@@ -122,7 +150,10 @@ class InferenceModel:
                                                 "type": type(exc).__name__}))
                 results.append(_unexpected_item_error(index))
         if arrays:
-            predictions = iter(self.predict_array(np.stack(arrays)))  # (N, 3, S, S)
+            predictions = iter(self._checked(p, crop) for p, crop in zip(
+                # (N, 3, S, S); explained items carry the grid only (services/explain.py)
+                self.predict_array(np.stack(arrays), explain, overlay=False), crops,
+                strict=True))
             results = [
                 r if r is not None else next(predictions).to_dict(self.metadata) for r in results
             ]
@@ -136,15 +167,29 @@ class InferenceModel:
         spec = self.metadata.preprocessing
         return self.predict_array(np.stack([preprocess(img, spec) for img in images]))
 
-    def predict_array(self, batch: np.ndarray) -> list[Prediction]:
-        """Preprocessed (N, 3, S, S) float32 → one Prediction per row."""
+    def predict_array(self, batch: np.ndarray, explain: bool = False,
+                      overlay: bool = True) -> list[Prediction]:
+        """Preprocessed (N, 3, S, S) float32 → one Prediction per row (with its class
+        activation map when `explain`, and its PNG overlay when `overlay` too)."""
         meta = self.metadata
-        (logits,) = self.session.run([meta.output_name], {meta.input_name: batch})  # (N, C)
+        if explain:  # the feature map is fetched only then: the default path fetches logits
+            self.require_explainer()
+            with stage("run"):
+                logits, features = self.session.run(
+                    [meta.output_name, self.explainer.feature_output], {meta.input_name: batch}
+                )  # (N, C), (N, K, h, w)
+        else:
+            with stage("run"):
+                (logits,) = self.session.run([meta.output_name], {meta.input_name: batch})  # (N, C)
         probabilities = softmax(logits)
         positive = probabilities[:, meta.positive_index]
+        # The label is decided on softmax(logits) (p_pos), where the threshold was chosen; what
+        # is served is softmax(logits / T): the same order of margins (services/metadata.py).
+        served = softmax(logits.astype(np.float64) / meta.temperature) if meta.calibration \
+            else probabilities
         negative = [c for c in meta.classes if c != meta.positive_class]
         predictions = []
-        for row, p_pos in zip(probabilities, positive, strict=True):
+        for row, p_pos in zip(served, positive, strict=True):
             if len(meta.classes) == 2:
                 label = meta.positive_class if p_pos >= meta.threshold else negative[0]
             else:
@@ -153,9 +198,34 @@ class InferenceModel:
                 Prediction(
                     label=label,
                     probabilities={c: float(p) for c, p in zip(meta.classes, row, strict=True)},
+                    decision=meta.decide(label, float(row[meta.positive_index])),
                 )
             )
+        if explain:
+            predictions = [
+                replace(p, explanation=self.explainer.explain(f, image, p.label, overlay))
+                for p, f, image in zip(predictions, features, batch, strict=True)
+            ]
         return predictions
+
+    def _preprocess(self, data: bytes) -> tuple[np.ndarray, Image.Image | None]:
+        """(3, S, S) model input, and the RGB crop it came from when the file records quality
+        ranges (None otherwise: a file without mhist.quality pays nothing for the checks)."""
+        spec = self.metadata.preprocessing
+        if self.metadata.quality is None:
+            return preprocess_bytes(data, spec, self.max_pixels), None
+        return preprocess_bytes_and_crop(data, spec, self.max_pixels)
+
+    def _checked(self, prediction: Prediction, crop: Image.Image | None) -> Prediction:
+        """The prediction with its input quality warnings and measurements, when checked."""
+        if crop is None or self.metadata.quality is None:
+            return prediction
+        return replace(prediction, **assess(crop, self.metadata.quality))
+
+    def require_explainer(self, explain: bool = True) -> None:
+        """409 when explanations are asked of a file exported without them."""
+        if explain and self.explainer is None:
+            raise explain_unavailable(self.metadata)
 
     def describe(self) -> dict:
         return {
@@ -193,6 +263,14 @@ def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessi
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable files
         raise ModelLoadError(f"model file {path} is not a loadable ONNX model: {exc}") from None
+
+
+def _explainer(path: Path, session: ort.InferenceSession,
+               metadata: ModelMetadata) -> CamExplainer | None:
+    try:
+        return CamExplainer.from_model(metadata, session)
+    except ValueError as exc:
+        raise ModelLoadError(f"model file {path}: {exc}") from None
 
 
 def _read_metadata(path: Path, session: ort.InferenceSession) -> ModelMetadata:

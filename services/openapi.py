@@ -55,18 +55,85 @@ _SCHEMAS: dict[str, Any] = {
                                   "properties": {"status": {"type": "integer"}}}],
     },
     "Prediction": {
-        "type": "object", "required": ["label", "probabilities", "threshold", "model"],
+        "type": "object", "required": ["label", "decision", "probabilities", "threshold",
+                                       "model"],
         "properties": {
-            "label": {"type": "string", "example": "SSA"},
+            "label": {"type": "string", "example": "SSA",
+                      "description": "The class at the model's threshold (never changed by "
+                                     "calibration)."},
+            "decision": {"type": "string", "example": "uncertain",
+                         "description": "The label, or \"uncertain\" when the served "
+                         "P(positive) lies strictly inside the model's uncertain band (see "
+                         "/metadata uncertain_band); equal to label when the file has none."},
             "probabilities": {"type": "object",
                               "additionalProperties": {"type": "number", "minimum": 0,
                                                        "maximum": 1},
+                              "description": "softmax(logits / T), T from /metadata "
+                                             "calibration (1 without it); full precision.",
                               "example": {"HP": 0.07, "SSA": 0.93}},
-            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                          "description": "The decision threshold in the space of "
+                                         "`probabilities` (calibrated when they are)."},
             "model": {"type": "object", "required": ["name", "version", "precision"],
                       "properties": {"name": {"type": "string"}, "version": {"type": "string"},
                                      "precision": {"type": "string",
                                                    "enum": ["fp32", "int8"]}}},
+            "explanation": _ref("Explanation"),
+            "warnings": {"type": "array", "items": _ref("InputWarning"),
+                         "description": "Input quality warnings; [] when every check passed. "
+                         "Present (with `quality`) on every prediction when the model file "
+                         "records the training images' ranges (mhist.quality, see /metadata); "
+                         "absent when it does not. Not computed per tile by /predict/region."},
+            "quality": _ref("InputQuality"),
+        },
+    },
+    "Explanation": {
+        "type": "object", "required": ["method", "class", "grid"],
+        "description": "Present only when asked for (explain=1). The class activation map of "
+                       "the predicted class: Σ_k w_ck·A_k over the last feature map (equal to "
+                       "Grad-CAM at the last convolution), ReLU, divided by its largest "
+                       "magnitude. Batch items carry the grid without the overlay.",
+        "properties": {
+            "method": {"type": "string", "enum": ["cam"]},
+            "class": {"type": "string", "description": "The class explained: the label."},
+            "grid": {"type": "array", "description": "h×w map over the network input (7×7 "
+                     "for 224 px; at most 16×16), row-major, values in [0, 1].",
+                     "items": {"type": "array", "items": {"type": "number", "minimum": 0,
+                                                           "maximum": 1}}},
+            "overlay_png_base64": {"type": "string", "format": "byte",
+                                   "description": "PNG of the map tinted over the network "
+                                                  "input (the resized, centre-cropped image), "
+                                                  "at the input size; single images only."},
+        },
+    },
+    "InputWarning": {
+        "type": "object", "required": ["code", "message", "value", "expected"],
+        "description": "A statistic of the input outside the training images' range.",
+        "properties": {
+            "code": {"type": "string", "enum": ["blurry", "low_tissue", "unusual_stain"],
+                     "description": "blurry: focus below range; low_tissue: tissue fraction "
+                     "below range; unusual_stain: an optical density statistic outside it."},
+            "message": {"type": "string"},
+            "value": {"type": "number", "description": "The measured value."},
+            "expected": {"type": "array", "items": {"type": "number"}, "minItems": 2,
+                         "maxItems": 2, "description": "[low, high] from the training images."},
+            "statistic": {"type": "string", "description": "unusual_stain only: which one, "
+                          "e.g. od_mean.g or stain.eosin."},
+        },
+    },
+    "InputQuality": {
+        "type": "object", "required": ["focus", "tissue_fraction", "od_mean", "stain"],
+        "description": "Measured on the RGB crop the network sees (before normalisation).",
+        "properties": {
+            "focus": {"type": "number", "minimum": 0,
+                      "description": "Variance of the Laplacian of the grey crop."},
+            "tissue_fraction": {"type": "number", "minimum": 0, "maximum": 1},
+            "od_mean": {"type": "object", "nullable": True, "description": "Mean optical "
+                        "density of the tissue pixels per channel (r, g, b); null with under "
+                        "5 % tissue.", "additionalProperties": {"type": "number"}},
+            "stain": {"type": "object", "nullable": True, "description": "Mean haematoxylin "
+                      "and eosin concentrations (Ruifrok-Johnston colour deconvolution); null "
+                      "with under 5 % tissue.", "additionalProperties": {"type": "number"}},
         },
     },
     "BatchResponse": {
@@ -100,6 +167,19 @@ _SCHEMAS: dict[str, Any] = {
             "onnxruntime": {"type": "string"},
             "mpp": {"type": "number", "description": "µm per pixel of the network input."},
             "mpp_note": {"type": "string", "description": "Present when mpp was assumed."},
+            "explain": {"type": "object", "description": "method and feature_output, present "
+                        "when the file can answer explain=1."},
+            "calibration": {"type": "object", "nullable": True, "description": "Temperature "
+                            "scaling fitted on validation at export: method, temperature, "
+                            "threshold (the uncalibrated `threshold` in calibrated P), "
+                            "fitted_on, images, validation ECE/NLL before and after. null: "
+                            "probabilities are softmax(logits)."},
+            "uncertain_band": {"type": "object", "nullable": True, "description": "low and "
+                               "high on the served P(positive): strictly between them the "
+                               "decision is \"uncertain\"; chosen_on, target, and the "
+                               "validation coverage and accuracy. null: no band."},
+            "quality": {"type": "object", "description": "Input quality ranges from the "
+                        "training images (present when the file records them)."},
         },
     },
     "RegionTile": {
@@ -173,18 +253,35 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}
 
 
+_EXPLAIN_DOC = ("1 (or true/yes/on) adds `explanation`, a class activation map; 0 (or "
+                "false/no/off) or absent: none, at no cost. Anything else is a 400.")
+_EXPLAIN = _query("explain", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no",
+                                                         "on", "off"]}, _EXPLAIN_DOC)
+_CUSTOM_ATTRIBUTES = {
+    "name": "X-Amzn-SageMaker-Custom-Attributes", "in": "header", "required": False,
+    "schema": {"type": "string", "example": "explain=1"},
+    "description": "SageMaker forwards no query string: `explain=1` among `;`- or "
+                   "`,`-separated key=value pairs asks for the explanation. Other keys are "
+                   "ignored.",
+}
+_NO_EXPLANATIONS = {"409": _error("explain=1, but the model file was exported without "
+                                  "explanations (explanations_unavailable).")}
+
 _OPEN: dict[str, Any] = {"security": []}
 # Details for the routes that have them, by endpoint. A route without an entry still appears,
 # described by its view's docstring: the paths come from the app's url_map, not from here.
 _OPERATIONS: dict[str, dict[str, Any]] = {
     "api.predict": {
+        "parameters": [_EXPLAIN],
         "requestBody": _predict_body(),
-        "responses": {"200": _json("The prediction.", _ref("Prediction")), **_ERRORS},
+        "responses": {"200": _json("The prediction.", _ref("Prediction")), **_ERRORS,
+                      **_NO_EXPLANATIONS},
     },
     "api.predict_batch": {
+        "parameters": [_EXPLAIN],
         "requestBody": _batch_body(),
         "responses": {"200": _json("Per-item predictions or errors.", _ref("BatchResponse")),
-                      **_ERRORS},
+                      **_ERRORS, **_NO_EXPLANATIONS},
     },
     "region.predict_region": {
         "parameters": [
@@ -218,10 +315,12 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
     "sagemaker.ping": {**_OPEN, "responses": {"200": {"description": "Ready (empty body)."},
                                               "503": _ERRORS["503"]}},
     "sagemaker.invocations": {
+        "parameters": [_EXPLAIN, _CUSTOM_ATTRIBUTES],
         "requestBody": _predict_body(),
         "responses": {"200": _json("The prediction, or per-item results for a JSON batch.",
                                    {"oneOf": [_ref("Prediction"), _ref("BatchResponse")]}),
-                      "406": _error("Accept does not allow application/json."), **_ERRORS},
+                      "406": _error("Accept does not allow application/json."), **_ERRORS,
+                      **_NO_EXPLANATIONS},
     },
 }
 _SKIPPED_ENDPOINTS = frozenset({"static"})

@@ -1,6 +1,7 @@
 """Predict image files with an exported ONNX model, from the command line (no server).
 
 python -m services.predict --model artifacts/model.int8.onnx image1.png image2.png
+python -m services.predict --format text --model ... image.png   # rounded, for people
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from services.errors import ModelLoadError
 from services.model import InferenceModel
 
 
+def human_line(path: Path, result: dict) -> str:
+    """`name: decision (label …), P(class) as percentages with 1 decimal, threshold to 3`."""
+    if "error" in result:
+        return f"{path.name}: error {result['error']['code']}: {result['error']['message']}"
+    shown = ", ".join(f"P({c}) {100 * p:.1f} %" for c, p in result["probabilities"].items())
+    decision = result.get("decision", result["label"])
+    return (f"{path.name}: {decision} (label {result['label']}); {shown}; threshold "
+            f"{result['threshold']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -21,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "images", nargs="+", type=Path, help="image files (PNG, JPEG, TIFF, BMP, WebP)"
+    )
+    parser.add_argument(
+        "--format", choices=("json", "text"), default="json",
+        help="json: one full-precision JSON line per image (the API's answer); text: one "
+        "rounded line per image for people",
     )
     args = parser.parse_args(argv)
     try:
@@ -34,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = model.predict_many([p.read_bytes() for p in args.images])
     for path, result in zip(args.images, results, strict=True):
-        print(json.dumps({"file": str(path), **result}))
+        print(json.dumps({"file": str(path), **result}) if args.format == "json"
+              else human_line(path, result))
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from services.errors import ServiceError
+from services.stages import stage
 
 # Formats a histology patch plausibly arrives in. GIF is left out on purpose: a palette of 256
 # colours destroys H&E staining, so a GIF is almost always the wrong file.
@@ -247,4 +248,19 @@ def preprocess_bytes(
     data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Untrusted image bytes → (3, S, S) float32, or ServiceError with a 4xx status."""
-    return preprocess(decode_image(data, max_pixels), spec)
+    with stage("decode"):
+        img = decode_image(data, max_pixels)
+    with stage("preprocess"):
+        return preprocess(img, spec)
+
+
+def preprocess_bytes_and_crop(
+    data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, Image.Image]:
+    """`preprocess_bytes`, also returning the RGB spec.size crop the array was made from: the
+    input quality checks (services/quality.py) read it, so nothing is decoded or resized twice."""
+    with stage("decode"):
+        img = decode_image(data, max_pixels)
+    with stage("preprocess"):
+        crop = resize_and_crop(to_rgb(img), spec)
+        return normalize(crop, spec), crop

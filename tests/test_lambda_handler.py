@@ -314,7 +314,9 @@ def test_emf_metrics(model_int8_path, log_lines, sample_image_bytes):
                         "EMF_NAMESPACE": "TestNs", "AWS_LAMBDA_FUNCTION_NAME": "fn-under-test"})
     call(emf, make_v2_event(method="POST", path="/predict", body=sample_image_bytes,
                             binary=True, headers={"Content-Type": "image/png"}))
-    (line,) = log_lines
+    # INIT ran inside the capture: its one startup line, then the invocation's access line.
+    startup, line = log_lines
+    assert startup["event"] == "startup" and startup["session_s"] > 0
     directive = line["_aws"]["CloudWatchMetrics"][0]
     assert directive["Namespace"] == "TestNs"
     assert directive["Dimensions"] == [["FunctionName"]]

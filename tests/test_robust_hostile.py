@@ -549,9 +549,21 @@ def test_sane_metadata_edges_still_load(model_int8_path: Path, tmp_path: Path) -
     """The checks refuse nonsense only: a 0 or 1 threshold and pixel_max 1 with 0..255 means
     are models someone could export."""
     raw = {"pixel_max": 1.0, "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]}
-    for props in ({"mhist.threshold": "0.0"}, {"mhist.threshold": "1.0"}, _spec(**raw)):
+    for props in (_threshold(model_int8_path, 0.0), _threshold(model_int8_path, 1.0),
+                  _spec(**raw)):
         path = with_metadata(model_int8_path, props, tmp_path / "model.onnx")
         assert create_app({"MODEL_PATH": str(path)}) is not None
+
+
+def _threshold(source: Path, value: float) -> dict[str, str]:
+    """mhist.threshold set to `value`, with the temperature-scaled threshold that goes with it
+    (a logit scaled by any temperature keeps 0 at 0 and 1 at 1)."""
+    props = {"mhist.threshold": repr(value)}
+    model = onnx.load(str(source), load_external_data=False)
+    stored = {p.key: p.value for p in model.metadata_props}.get("mhist.calibration")
+    if stored:
+        props["mhist.calibration"] = json.dumps({**json.loads(stored), "threshold": value})
+    return props
 
 
 # --- a worker's peak memory over the hostile corpus -----------------------------------------------

@@ -126,3 +126,33 @@ def test_openapi_summaries_come_from_the_views(targets: dict[str, Target]) -> No
     assert all(op["summary"] and op["operationId"] for item in paths.values()
                for op in item.values())
     assert isinstance(targets["flask"], FlaskTarget)
+
+
+def test_the_decision_is_the_same_on_every_target(
+    model_int8_path: Path, tmp_path: Path, sample_image_bytes: bytes
+) -> None:
+    """`decision` beside `label` everywhere: equal to the label without a band, "uncertain"
+    inside one (here a band over all of (0, 1)), and the band in every target's /metadata."""
+    import dataclasses
+
+    from export.convert import read_metadata, write_metadata
+
+    banded = tmp_path / "banded.onnx"
+    banded.write_bytes(model_int8_path.read_bytes())
+    write_metadata(banded, dataclasses.replace(
+        read_metadata(model_int8_path), uncertain_band={"low": 0.0, "high": 1.0}))
+    for path, folder in ((model_int8_path, "plain"), (banded, "banded")):
+        answers = {}
+        for target in all_targets(path, tmp_path / folder):
+            reply = target.predict(sample_image_bytes, "image/png")
+            assert reply.status == 200, (target.name, reply.body[:300])
+            answers[target.name] = reply.json()
+            metadata = target.request("GET", "/metadata").json()
+            assert metadata["uncertain_band"] == (
+                {"low": 0.0, "high": 1.0} if folder == "banded" else None), target.name
+        assert set(answers) == set(TARGET_NAMES)
+        reference = answers["flask"]
+        expected = "uncertain" if folder == "banded" else reference["label"]
+        for name, answer in answers.items():
+            assert answer["decision"] == expected, (folder, name)
+            assert comparable(answer) == comparable(reference), (folder, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -31,7 +32,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def base_url(model_int8_path: Path) -> Iterator[str]:
-    app = create_app({"MODEL_PATH": str(model_int8_path), "ORT_INTRA_OP_THREADS": 1})
+    yield from served(model_int8_path)
+
+
+def served(model: Path) -> Iterator[str]:
+    """The one app on a real werkzeug server on 127.0.0.1, for as long as the fixture lives."""
+    app = create_app({"MODEL_PATH": str(model), "ORT_INTRA_OP_THREADS": 1})
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -98,8 +104,12 @@ def shown_result(page) -> dict:
         ".bar", "rows => rows.map(r => [r.dataset.class, Number(r.dataset.probability)])")
     return {
         "label": page.inner_text("#label"),
+        "decision": page.inner_text("#decision"),
         "probabilities": dict(bars),
-        "threshold": float(page.inner_text("#threshold")),
+        "threshold_text": page.inner_text("#threshold"),
+        "threshold": float(page.get_attribute("#threshold", "data-threshold")),
+        "bar_texts": page.eval_on_selector_all(".bar > span",
+                                               "spans => spans.map(s => s.textContent)"),
         "winner": page.get_attribute(".bar.winner", "data-class"),
         "preview_width": page.eval_on_selector("#preview", "img => img.naturalWidth"),
     }
@@ -107,7 +117,13 @@ def shown_result(page) -> dict:
 
 def assert_matches_api(shown: dict, expected: dict) -> None:
     assert shown["label"] == expected["label"] == shown["winner"]
+    assert shown["decision"] == expected["decision"]
+    # Full precision in the data attribute, 3 decimals for people.
     assert shown["threshold"] == expected["threshold"]
+    assert re.fullmatch(r"[01]\.\d{3}", shown["threshold_text"]), shown["threshold_text"]
+    assert float(shown["threshold_text"]) == pytest.approx(expected["threshold"], abs=5e-4)
+    for text in shown["bar_texts"]:
+        assert re.fullmatch(r"\w+: \d{1,3}\.\d%", text), text  # e.g. "SSA: 93.1%"
     assert shown["probabilities"].keys() == expected["probabilities"].keys()
     for name, p in expected["probabilities"].items():
         assert shown["probabilities"][name] == pytest.approx(p, abs=1e-9)
@@ -137,6 +153,71 @@ def test_drop_an_image_shows_the_api_answer(page, base_url, sample_image_bytes):
     page.dispatch_event("#drop", "dragover", {"dataTransfer": data_transfer})
     page.dispatch_event("#drop", "drop", {"dataTransfer": data_transfer})
     assert_matches_api(shown_result(page), expected)
+
+
+@pytest.fixture(scope="module")
+def banded_url(model_int8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fixture model with an uncertain band over all of (0, 1): every answer is
+    "uncertain"."""
+    import dataclasses
+
+    from export.convert import read_metadata, write_metadata
+
+    path = tmp_path_factory.mktemp("banded") / "banded.onnx"
+    path.write_bytes(model_int8_path.read_bytes())
+    write_metadata(path, dataclasses.replace(read_metadata(model_int8_path),
+                                             uncertain_band={"low": 0.0, "high": 1.0}))
+    yield from served(path)
+
+
+def test_the_page_shows_the_uncertain_decision_and_the_band(browser, banded_url,
+                                                            sample_image_bytes):
+    expected = api_predict(banded_url, sample_image_bytes)
+    assert expected["decision"] == "uncertain"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(banded_url + "/")
+        page.wait_for_function("!document.getElementById('band-info').hidden")
+        assert page.inner_text("#band") == "0.000 and 1.000"
+        page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
+                                              "buffer": sample_image_bytes}])
+        assert_matches_api(shown_result(page), expected)
+        assert page.get_attribute("#decision", "data-decision") == "uncertain"
+        assert page.locator(".bar .band").count() == 1  # drawn on the positive class's bar
+    finally:
+        context.close()
+
+
+def test_the_explain_box_lays_the_map_over_the_image(page, base_url, sample_image_bytes):
+    request = urllib.request.Request(base_url + "/predict?explain=1", data=sample_image_bytes,
+                                     headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        expected = json.loads(response.read())
+    # Selectors, not wait_for_function: Playwright polls a string predicate with eval, which
+    # the page's CSP (script-src 'self') refuses once the condition is not true at once.
+    page.wait_for_selector("#model:has-text('classes')")
+    page.check("#explain")
+    page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
+                                          "buffer": sample_image_bytes}])
+    page.wait_for_selector("#overlay:not([hidden])", timeout=30_000)
+    assert_matches_api(shown_result(page), {k: v for k, v in expected.items()
+                                            if k != "explanation"})
+    overlay = page.get_attribute("#overlay", "src")
+    assert overlay == "data:image/png;base64," + expected["explanation"]["overlay_png_base64"]
+    assert page.get_attribute("#overlay", "data-class") == expected["explanation"]["class"]
+    assert page.inner_text("#explained-class") == expected["label"]
+    page.eval_on_selector("#overlay", "img => img.decode()")  # resolves once it is drawable
+    box = page.eval_on_selector("#overlay", "img => img.getBoundingClientRect().toJSON()")
+    under = page.eval_on_selector("#preview", "img => img.getBoundingClientRect().toJSON()")
+    # The fixture model's crop is the whole resized image (size == resize_size): the map
+    # covers exactly the preview.
+    assert {k: round(box[k]) for k in ("x", "y", "width", "height")} == {
+        k: round(under[k]) for k in ("x", "y", "width", "height")}
+    page.uncheck("#explain")  # sends the same file again, without explain
+    page.wait_for_selector("#overlay", state="hidden")
+    assert page.is_hidden("#explain-info")
+    page.wait_for_selector("#status:not(:has-text('Classifying'))")  # the answer arrived
 
 
 def test_a_bad_file_shows_the_error(page):

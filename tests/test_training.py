@@ -2,8 +2,9 @@
 and that the model actually learns.
 
 One real run (module fixture) through train.main(): 300 images, 2 epochs from scratch at 64 px.
-Measured on the 2-core dev VM: ~1 min, validation AUC 1.0 (the synthetic classes differ clearly
-in crypt structure).
+Measured on the 2-core dev VM: 42 s, validation AUC 0.81 and test AUC 0.82. The sample is
+about as hard as MHIST (training.sample_data): a perfect reader of the evidence drawn into these
+images would reach about 0.86 on this validation split and 0.92 on this test partition.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from PIL import Image
 
 from services.preprocessing import PreprocessSpec, preprocess
 from training.checkpoint import load_checkpoint, load_from_mlflow, save_checkpoint
-from training.data import load_annotations, split_sha256, split_train_val
-from training.metrics import roc_auc
+from training.data import MHISTDataset, load_annotations, split_sha256, split_train_val
+from training.metrics import agreement_metrics, roc_auc
 from training.model import WeightsError, build_model
 from training.sample_data import generate
 from training.train import (
@@ -45,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
 EPOCHS = 2
 MODEL_NAME = "mhist-resnet18-test"
-LEARNING_AUC = 0.8  # "clearly above 0.5"; measured: 1.0 on val and test
+LEARNING_AUC = 0.7  # "clearly above 0.5"; measured: 0.81 on val, 0.82 on test
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
               "MLFLOW_RUN_ID")
 
@@ -111,6 +112,7 @@ def test_run_logs_params_once(trained: dict) -> None:
     params = run.data.params
     expected = {"epochs": "2", "weights": "none", "image_size": "64", "batch_size": "16",
                 "imbalance": "weighted-loss", "threshold_rule": "youden", "seed": "0",
+                "soft_labels": "False",
                 "registered_model": MODEL_NAME, "lr": "0.001", "extra_device": "cpu",
                 "extra_amp_in_effect": "False"}
     assert {k: params.get(k) for k in expected} == expected
@@ -256,6 +258,8 @@ def test_model_learns(trained: dict) -> None:
     assert metrics["val"]["roc_auc"] > LEARNING_AUC
     assert metrics["test"]["roc_auc"] > LEARNING_AUC
     assert metrics["test"]["balanced_accuracy"] > 0.7
+    # Images the annotators agreed on (0, 1, 6 or 7 of 7 for SSA) are the easy ones.
+    assert metrics["test_agreement"]["groups"]["agree"]["roc_auc"] > LEARNING_AUC
 
 
 @pytest.mark.slow
@@ -263,8 +267,86 @@ def test_console_output(trained: dict) -> None:
     out = trained["stdout"]
     assert "SYNTHETIC data" in out
     for line in ("run id      : " + trained["run_id"], f"registered  : {MODEL_NAME} version 1",
-                 "checkpoint  : ", "threshold   : ", "test @thr   : ", "test @0.5   : "):
+                 "checkpoint  : ", "threshold   : ", "test @thr   : ", "test @0.5   : ",
+                 "val agree.  : agree (0|1|6|7, n=", "test agree. : agree (0|1|6|7, n="):
         assert line in out
+
+
+@pytest.mark.slow
+def test_metrics_by_annotator_agreement_are_in_the_card_and_mlflow(trained: dict) -> None:
+    card, client = trained["card"], trained["client"]
+    final = client.get_run(trained["run_id"]).data.metrics
+    for split, prefix in (("val", "best_val_"), ("test", "test_")):
+        agreement = card["metrics"][f"{split}_agreement"]
+        n = card["metrics"][split]["n"]
+        groups = agreement["groups"]
+        assert groups["agree"]["n"] + groups["split"]["n"] == n
+        assert sum(e["n"] for e in agreement["by_votes"].values()) == n
+        assert agreement["threshold"] == card["threshold"]
+        for key in ("agree_accuracy", "split_accuracy", "very_hard_n", "votes0_n"):
+            assert final[prefix + key] == pytest.approx(
+                _lookup(agreement, key)), (split, key)
+    history = client.get_metric_history(trained["run_id"], "val_agree_roc_auc")
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+
+
+def _lookup(agreement: dict, key: str) -> float:
+    if key.startswith("votes"):
+        count, _, field = key[len("votes"):].partition("_")
+        return agreement["by_votes"][count][field]
+    for name in sorted(agreement["groups"], key=len, reverse=True):  # very_hard before hard
+        if key.startswith(name + "_"):
+            return agreement["groups"][name][key[len(name) + 1:]]
+    raise KeyError(key)
+
+
+def test_agreement_metrics_by_hand() -> None:
+    votes = np.array([0, 1, 3, 3, 4, 5, 6, 7])
+    y = (votes >= 4).astype(int)
+    prob = np.array([0.1, 0.2, 0.6, 0.4, 0.3, 0.7, 0.9, 0.8])  # wrong on one 3/7 and the 4/7
+    m = agreement_metrics(y, prob, votes, threshold=0.5)
+    agree, split = m["groups"]["agree"], m["groups"]["split"]
+    assert (agree["n"], agree["accuracy"], agree["roc_auc"]) == (4, 1.0, 1.0)
+    assert (split["n"], split["accuracy"]) == (4, 0.5)
+    assert split["roc_auc"] == pytest.approx(2 / 4)  # SSA {0.3, 0.7} vs HP {0.6, 0.4}
+    assert m["groups"]["very_hard"]["accuracy"] == pytest.approx(1 / 3)
+    assert m["by_votes"]["3"] == {"n": 2, "accuracy": 0.5, "mean_prob_ssa": 0.5}
+    assert m["by_votes"]["2"] == {"n": 0, "accuracy": None, "mean_prob_ssa": None}
+    # Votes 0 and 1 are HP only: AUC undefined, not 0.5.
+    only_hp = agreement_metrics([0, 0], [0.2, 0.3], [0, 1])
+    assert only_hp["groups"]["agree"]["roc_auc"] is None
+    assert only_hp["groups"]["split"]["accuracy"] is None
+    with pytest.raises(ValueError, match="votes"):
+        agreement_metrics([0, 1], [0.2, 0.9], [0, 9])
+    with pytest.raises(ValueError, match="votes has 1 values"):
+        agreement_metrics([0, 1], [0.2, 0.9], [0])
+
+
+def test_soft_labels_train_on_the_vote_share(tmp_path: Path) -> None:
+    """--soft-labels: targets are (1 - v/7, v/7); one real epoch runs and says so in MLflow."""
+    data = tmp_path / "data"
+    generate(data, count=60, size=64, seed=4)
+    records = load_annotations(data)
+    dataset = MHISTDataset(records[:8], PreprocessSpec(size=32, resize_size=32),
+                           soft_targets=True)
+    for record, (_, target) in zip(records[:8], dataset, strict=True):
+        torch.testing.assert_close(target, torch.tensor([1 - record.votes / 7, record.votes / 7]))
+    assert dataset.targets.tolist() == [r.target for r in records[:8]]  # hard labels kept
+    work = tmp_path / "work"
+    args = get_args_parser().parse_args([
+        "--data-dir", str(data), "--weights", "none", "--image-size", "32", "--batch-size", "16",
+        "--workers", "0", "--epochs", "1", "--soft-labels", "--no-register",
+        "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--out", str(work / "ckpt"),
+    ])
+    with (pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()),
+          mlflow_state_restored()):
+        mp.chdir(tmp_path)
+        summary = main(args)
+    run = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.params["soft_labels"] == "True"
+    assert run.info.status == "FINISHED"
+    assert summary["card"]["config"]["soft_labels"] is True
+    assert np.isfinite(run.data.metrics["train_loss"])
 
 
 # ---------------------------------------------------------------- without a full run

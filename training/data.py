@@ -298,6 +298,8 @@ class Augment:
 class MHISTDataset:
     """torch-style Dataset: (tensor (3, S, S) float32, target int) per record.
 
+    With soft_targets the target is a (2,) float32 tensor of class probabilities from the votes.
+
     Decoding and preprocessing are the serving code's (services.preprocessing): without
     augmentation (validation, test) an item is exactly what serving computes from the file's
     bytes. Augmentation, when given (train split only), runs on the decoded RGB image before
@@ -305,11 +307,18 @@ class MHISTDataset:
     """
 
     def __init__(
-        self, records: Sequence[Record], spec: PreprocessSpec, augment: Augment | None = None
+        self,
+        records: Sequence[Record],
+        spec: PreprocessSpec,
+        augment: Augment | None = None,
+        soft_targets: bool = False,
     ) -> None:
         self.records = list(records)
         self.spec = spec
         self.augment = augment
+        # Soft targets: (P(HP), P(SSA)) = (1 - v/7, v/7) from the annotators' votes, for a
+        # cross-entropy with class probabilities; the hard label stays in `targets`.
+        self.soft_targets = soft_targets
 
     def __len__(self) -> int:
         return len(self.records)
@@ -333,6 +342,9 @@ class MHISTDataset:
                 f"{record.path}: {exc.message} Serving would refuse it too: fix or remove it "
                 "from annotations.csv"
             ) from None
+        if self.soft_targets:
+            share = record.votes / ANNOTATORS
+            return torch.from_numpy(array), torch.tensor([1.0 - share, share])  # (2,) float32
         return torch.from_numpy(array), record.target
 
     @property

@@ -188,3 +188,83 @@ def plot_roc(y_true, prob, path: str | Path, title: str, threshold: float | None
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
+
+
+# ---------------------------------------------------------------- annotator agreement
+
+ANNOTATORS = 7
+# MHIST's paper reports its models by how far the 7 pathologists agreed on an image; "agree" and
+# "split" pool its four levels so that each group holds enough images to say something.
+AGREEMENT_GROUPS: dict[str, tuple[int, ...]] = {
+    "agree": (0, 1, 6, 7),  # unanimous or one dissenter
+    "split": (2, 3, 4, 5),
+    "very_easy": (0, 7),
+    "easy": (1, 6),
+    "hard": (2, 5),
+    "very_hard": (3, 4),
+}
+
+
+def agreement_metrics(y_true, prob, votes, threshold: float = 0.5) -> dict:
+    """Metrics per annotator-agreement group and per vote count (SSA votes of 7); JSON-ready.
+
+    {"threshold", "groups": {name: {"votes", "n", "accuracy", "balanced_accuracy", "roc_auc",
+    "mean_prob_ssa"}}, "by_votes": {"0".."7": {"n", "accuracy", "mean_prob_ssa"}}}.
+    A group's AUC is None when it holds one class only (votes 0 and 1 are always HP), and its
+    accuracy is None when it is empty: undefined, not 0.
+    """
+    y, p = _as_arrays(y_true, prob)
+    v = np.asarray(votes).astype(np.int64).ravel()
+    if v.shape != y.shape:
+        raise ValueError(f"votes has {v.size} values but y_true has {y.size}")
+    if v.size and not ((v >= 0) & (v <= ANNOTATORS)).all():
+        raise ValueError(f"votes must be integers 0-{ANNOTATORS}")
+    correct = (p >= threshold).astype(np.int64) == y
+    groups = {name: _group(y, p, correct, np.isin(v, members)) | {"votes": list(members)}
+              for name, members in AGREEMENT_GROUPS.items()}
+    by_votes = {}
+    for count in range(ANNOTATORS + 1):
+        mask = v == count
+        by_votes[str(count)] = {"n": int(mask.sum()),
+                                "accuracy": _mean_or_none(correct[mask]),
+                                "mean_prob_ssa": _mean_or_none(p[mask])}
+    return {"threshold": float(threshold), "groups": groups, "by_votes": by_votes}
+
+
+def _group(y: np.ndarray, p: np.ndarray, correct: np.ndarray, mask: np.ndarray) -> dict:
+    tp = int((correct & (y == 1) & mask).sum())
+    tn = int((correct & (y == 0) & mask).sum())
+    fn = int(((y == 1) & mask).sum()) - tp
+    fp = int(((y == 0) & mask).sum()) - tn
+    return {"n": int(mask.sum()),
+            "accuracy": _mean_or_none(correct[mask]),
+            "balanced_accuracy": _balanced_accuracy(tp, fn, tn, fp) if mask.any() else None,
+            "roc_auc": roc_auc(y[mask], p[mask]),
+            "mean_prob_ssa": _mean_or_none(p[mask])}
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if values.size else None
+
+
+def agreement_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flat, finite entries for mlflow.log_metrics: {prefix}split_roc_auc, {prefix}votes3_n…"""
+    out = {}
+    for name, group in metrics["groups"].items():
+        out |= scalar_metrics({k: v for k, v in group.items() if k != "votes"}, f"{prefix}{name}_")
+    for count, entry in metrics["by_votes"].items():
+        out |= scalar_metrics(entry, f"{prefix}votes{count}_")
+    return out
+
+
+def format_agreement(metrics: dict) -> str:
+    """One line: AUC and accuracy of the agree and split groups, then accuracy per vote count."""
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    parts = [f"{name} ({'|'.join(map(str, g['votes']))}, n={g['n']}) AUC {number(g['roc_auc'])} "
+             f"acc {number(g['accuracy'])}"
+             for name, g in metrics["groups"].items() if name in ("agree", "split")]
+    per_vote = " ".join(f"{count}/7:{number(e['accuracy'])}"
+                        for count, e in metrics["by_votes"].items() if e["n"])
+    return "; ".join(parts) + f"; accuracy by SSA votes {per_vote}"

@@ -9,9 +9,27 @@ The two classes differ in STRUCTURE, loosely after the histology:
 - HP (hyperplastic polyp): round, evenly spaced crypts with small, regular, round lumens;
 - SSA (sessile serrated adenoma): dilated crypts whose lumens are serrated (saw-tooth), some
   boot-shaped (a lateral foot at the base).
-How strongly a patch shows the SSA pattern follows its annotator votes, so a 3-of-7 HP looks
-slightly serrated and a 4-of-7 SSA only mildly dilated — borderline cases exist, as in MHIST.
-Everything is drawn with numpy + Pillow from one seeded generator per image: same seed, same bytes.
+
+It is meant to be about as hard as MHIST, where 7 pathologists voted on every image and many
+votes are split (generator version 2; version 1 had a gap between the classes and any model
+reached AUC 1.0 in one epoch):
+- Votes: HP has 0-3 SSA votes, SSA 4-7, drawn so that roughly a third of the images are split
+  (2-5 of 7) and about one in six is 3/7 or 4/7, as MHIST reports.
+- Evidence follows the votes continuously: an image's SSA evidence e (0 = textbook HP,
+  1 = textbook SSA) is drawn around the smoothed vote share (votes + 0.5) / 8 with a
+  logit-normal spread, as if the 7 votes were noisy readings of what the image shows. 0/7 and
+  7/7 images are clear (median e 0.06 / 0.94); 3/7 and 4/7 overlap almost completely. A
+  perfect reader of e would reach about AUC 0.89 with these votes, and only about 0.60
+  between 3/7 and 4/7 images.
+- Heterogeneity inside an image: only some crypts show the pattern (the share grows with e),
+  and each crypt's severity scatters around the image's e.
+- Nuisance between simulated slides: images are grouped into slides (about 8 images each,
+  independent of the label; train and test never share a slide). A slide fixes the stain
+  shades, the tissue's crypt size and lumen opening (fixation, cutting angle: they mimic
+  dilation), the blur (focus) and the grain, so that no single colour or size cue separates
+  the classes.
+Everything is drawn with numpy + Pillow from seeded generators (one per image, one per slide):
+same seed, same bytes, whatever the thread count.
 """
 
 from __future__ import annotations
@@ -38,14 +56,21 @@ HEADER = (
 )
 MARKER_FILE = "synthetic.json"
 README_FIRST_LINE = "SYNTHETIC DATA - NOT MHIST, NOT PATIENT TISSUE"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # MHIST's own proportions: 2175 train / 977 test; train 1545 HP / 630 SSA; test 617 HP / 360 SSA.
 TRAIN_SHARE = 2175 / 3152
 SSA_SHARE = {"train": 630 / 2175, "test": 360 / 977}
 # Annotator votes (out of 7) for SSA; the label is the majority, so HP has 0-3 and SSA 4-7.
-HP_VOTE_P = (0.45, 0.30, 0.15, 0.10)  # P(votes = 0, 1, 2, 3)
-SSA_VOTE_P = (0.15, 0.20, 0.30, 0.35)  # P(votes = 4, 5, 6, 7)
+# With MHIST's class ratio these give about 37 % unanimous (0|7), 25 % 1|6, 19 % 2|5 and
+# 18 % 3|4 (MHIST: 16.7 % of images were 3 against 4).
+HP_VOTE_P = (0.40, 0.25, 0.18, 0.17)  # P(votes = 0, 1, 2, 3)
+SSA_VOTE_P = (0.22, 0.22, 0.24, 0.32)  # P(votes = 4, 5, 6, 7)
+ANNOTATORS = 7
+# Pathologists read the evidence noisily, so the evidence behind a vote count is spread out;
+# 1.5 logit units puts a perfect reader of the evidence at about AUC 0.89 on MHIST's votes.
+EVIDENCE_SPREAD = 1.5
+IMAGES_PER_SLIDE = 8
 MAX_COUNT = 26**3  # names MHIST_aaa .. MHIST_zzz
 
 # H&E palette (RGB): eosin-pink stroma and cytoplasm, haematoxylin-purple nuclei, pale lumens.
@@ -61,6 +86,7 @@ class Row:
     label: str
     votes: int
     partition: str
+    slide: int = 0  # simulated slide: images of one slide share stain, scale, focus and grain
 
 
 def image_name(index: int) -> str:
@@ -73,7 +99,7 @@ def image_name(index: int) -> str:
 
 
 def plan_rows(count: int, seed: int) -> list[Row]:
-    """Names, labels, votes and partitions with MHIST's split and class ratios, seeded."""
+    """Names, labels, votes, partitions and slides with MHIST's split and class ratios, seeded."""
     rng = np.random.default_rng([seed, 0x5EED])
     n_train = round(count * TRAIN_SHARE)
     slots: list[tuple[str, str]] = []
@@ -81,6 +107,10 @@ def plan_rows(count: int, seed: int) -> list[Row]:
         n_ssa = min(max(round(n * SSA_SHARE[partition]), 1), n - 1) if n >= 2 else 0
         slots += [(partition, "SSA")] * n_ssa + [(partition, "HP")] * (n - n_ssa)
     order = rng.permutation(len(slots))  # partitions and classes interleave, as in MHIST's CSV
+    # Slides never straddle the partitions (test images come from slides training never saw);
+    # within a partition an image's slide is drawn regardless of its label.
+    n_slides = {"train": max(math.ceil(n_train / IMAGES_PER_SLIDE), 1)}
+    n_slides["test"] = max(math.ceil((count - n_train) / IMAGES_PER_SLIDE), 1)
     rows = []
     for index, slot in enumerate(order):
         partition, label = slots[slot]
@@ -88,15 +118,62 @@ def plan_rows(count: int, seed: int) -> list[Row]:
             votes = int(rng.choice(4, p=HP_VOTE_P))
         else:
             votes = 4 + int(rng.choice(4, p=SSA_VOTE_P))
-        rows.append(Row(image_name(index), label, votes, partition))
+        slide = int(rng.integers(n_slides[partition]))
+        slide += n_slides["train"] if partition == "test" else 0  # ids unique across partitions
+        rows.append(Row(image_name(index), label, votes, partition, slide))
     return rows
 
 
-def severity(row: Row, rng: np.random.Generator) -> float:
-    """0 = textbook HP … 1 = textbook SSA; a gap between the classes keeps them learnable."""
-    if row.label == "HP":
-        return 0.06 * row.votes + rng.uniform(0.0, 0.1)  # 0.00 .. 0.28
-    return 0.6 + 0.1 * (row.votes - 4) + rng.uniform(0.0, 0.1)  # 0.60 .. 1.00
+def evidence(votes: int, rng: np.random.Generator) -> float:
+    """0 = textbook HP … 1 = textbook SSA: what the image shows, of which the votes are a reading.
+
+    Logit-normal around the smoothed vote share (votes + 0.5) / 8, spread EVIDENCE_SPREAD in
+    logit units: unanimous votes give clear images (0/7: median 0.06), 3/7 and 4/7 overlap
+    almost completely, and there is no gap between the classes anywhere.
+    """
+    share = (votes + 0.5) / (ANNOTATORS + 1)
+    logit = math.log(share / (1.0 - share)) + EVIDENCE_SPREAD * rng.standard_normal()
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+@dataclass(frozen=True)
+class Slide:
+    """What one simulated slide imposes on all its patches (none of it depends on the label)."""
+
+    colours: dict[str, tuple[int, int, int]]
+    eosin: np.ndarray  # stroma tint, RGB
+    crypt_scale: float  # tissue shrinkage / cutting level: crypt size, mimics dilation
+    lumen_open: float  # added to the lumen/crypt radius ratio: fixation opens lumens too
+    blur: float  # out-of-focus box blur radius at 224 px
+    grain: float  # sensor/stain noise sigma in grey levels
+
+
+def slide_of(slide: int, seed: int) -> Slide:
+    rng = np.random.default_rng([seed, 0x511DE, slide])
+    stain = rng.normal(0.0, 1.0)  # one stain strength moves haematoxylin and eosin together
+
+    def jitter(base: np.ndarray, amount: float, strength: float = 0.0) -> tuple[int, int, int]:
+        c = np.clip(base * (1.0 + rng.normal(0.0, amount, 3) - strength), 0, 255)
+        return (int(c[0]), int(c[1]), int(c[2]))
+
+    colours = {
+        "cytoplasm": jitter(CYTOPLASM, 0.06, 0.04 * stain),
+        "nuclei": jitter(HAEMATOXYLIN, 0.10, 0.08 * stain),
+        "lumen": jitter(LUMEN, 0.015),
+        "stroma_nuclei": jitter(HAEMATOXYLIN * 1.15, 0.10, 0.08 * stain),
+    }
+    # The stroma's stain in optical density (OD = -ln(I/255)): a slide stains stronger or paler
+    # (OD scaled) with a little hue drift (OD per channel), so it stays pink, never grey glass.
+    od = -np.log(EOSIN / 255.0) * np.exp(0.08 * stain + rng.normal(0.0, 0.03, 3))
+    eosin = 255.0 * np.exp(-od)
+    return Slide(
+        colours=colours,
+        eosin=eosin,
+        crypt_scale=float(np.exp(rng.normal(0.0, 0.10))),
+        lumen_open=float(rng.normal(0.0, 0.05)),
+        blur=float(rng.uniform(0.5, 1.6)),
+        grain=float(rng.uniform(3.0, 8.0)),
+    )
 
 
 def _contour(
@@ -121,17 +198,26 @@ def _boot(t: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
     return 1.0 + 0.55 * np.exp(-(wrapped**2) / (2 * 0.4**2))
 
 
+def crypt_severity(e: float, rng: np.random.Generator) -> float:
+    """One crypt's severity: only some crypts show the pattern, and those scatter around e."""
+    if rng.uniform() < 0.55 + 0.45 * e:  # involved: from about half the crypts to all
+        return float(np.clip(e + rng.normal(0.0, 0.12), 0.0, 1.0))
+    return float(np.clip(0.15 * e + rng.normal(0.0, 0.05), 0.0, 1.0))  # an HP-like crypt
+
+
 def _draw_crypt(
     draw: ImageDraw.ImageDraw,
     centre: np.ndarray,
     scale: float,
     s: float,
     rng: np.random.Generator,
-    colours: dict[str, tuple[int, int, int]],
+    slide: Slide,
 ) -> None:
+    colours = slide.colours
     points = 96  # enough vertices for ~14 teeth of a serrated lumen
     t = np.linspace(0.0, 2.0 * math.pi, points, endpoint=False)
-    r_out = scale * (16.0 + 9.0 * s + rng.uniform(-2.0, 2.0))  # SSA crypts are dilated
+    # SSA crypts are dilated; the slide's crypt scale moves every crypt of the slide alike.
+    r_out = scale * slide.crypt_scale * (16.0 + 9.0 * s + rng.uniform(-2.0, 2.0))
     aspect = rng.uniform(1.0, 1.25)
     angle = rng.uniform(0.0, math.pi)
     boot = _boot(t, rng, s)
@@ -148,48 +234,43 @@ def _draw_crypt(
     phase = rng.uniform()
     saw = ((teeth * t / (2.0 * math.pi)) + phase) % 1.0  # 0 → 1 ramp per tooth
     serration = 1.0 - 0.38 * s * saw
-    r_lumen = r_out * (0.28 + 0.36 * s)
-    draw.polygon(_contour(centre, r_lumen, aspect, angle, boot * serration), fill=colours["lumen"])
+    ratio = float(np.clip(0.28 + 0.36 * s + slide.lumen_open, 0.15, 0.8))
+    draw.polygon(_contour(centre, r_out * ratio, aspect, angle, boot * serration),
+                 fill=colours["lumen"])
 
 
-def _stain_colours(rng: np.random.Generator) -> dict[str, tuple[int, int, int]]:
-    """Per-slide stain variation: each patch's H&E shade differs a little, as between labs."""
-    def jitter(base: np.ndarray, amount: float) -> tuple[int, int, int]:
-        c = np.clip(base * (1.0 + rng.normal(0.0, amount, 3)), 0, 255)
-        return (int(c[0]), int(c[1]), int(c[2]))
-
-    return {
-        "cytoplasm": jitter(CYTOPLASM, 0.04),
-        "nuclei": jitter(HAEMATOXYLIN, 0.06),
-        "lumen": jitter(LUMEN, 0.01),
-        "stroma_nuclei": jitter(HAEMATOXYLIN * 1.15, 0.06),
-    }
-
-
-def _stroma(size: int, rng: np.random.Generator) -> Image.Image:
+def _stroma(size: int, rng: np.random.Generator, tint: np.ndarray) -> Image.Image:
     """Eosin background with slow colour variation (a coarse random field, upsampled)."""
     coarse = rng.normal(0.0, 1.0, (6, 6)).astype(np.float32)
     field = np.asarray(
         Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
     )
-    tint = (EOSIN * (1.0 + rng.normal(0.0, 0.03, 3))).astype(np.float32)
+    tint = (tint * (1.0 + rng.normal(0.0, 0.015, 3))).astype(np.float32)
     stroma = tint[None, None, :] * (1.0 - 0.06 * field[..., None])  # (S, S, 3)
     return Image.fromarray(np.clip(stroma, 0, 255).astype(np.uint8))
 
 
-def render(row: Row, size: int, seed: int) -> Image.Image:
-    """One RGB patch for one annotation row; depends only on (seed, name, label, votes, size)."""
-    rng = np.random.default_rng([seed, int.from_bytes(row.name.encode(), "little") % 2**32])
-    s = severity(row, rng)
+def render(row: Row, size: int, seed: int, textbook: bool = False) -> Image.Image:
+    """One RGB patch for one annotation row; depends only on (seed, row, size, textbook).
+
+    textbook=True draws the class's textbook evidence (0 for HP, 1 for SSA) instead of one drawn
+    from the votes: an unambiguous field, e.g. to plant in a synthetic slide.
+    """
+    # Every byte of the name seeds the image (version 1 kept only the low 4 bytes, "MHIS", so
+    # all images with the same vote count were the same picture).
+    rng = np.random.default_rng([seed, *row.name.encode()])
+    e = evidence(row.votes, rng)  # drawn even when unused: textbook keeps the same layout
+    if textbook:
+        e = 1.0 if row.label == "SSA" else 0.0
+    slide = slide_of(row.slide, seed)
     scale = size / 224.0
-    colours = _stain_colours(rng)
-    img = _stroma(size, rng)
+    img = _stroma(size, rng, slide.eosin)
     draw = ImageDraw.Draw(img)
     # Lymphocytes and plasma cells scattered in the lamina propria, same density in both classes.
     dots = rng.uniform(0, size, (int(140 * scale * scale), 2))
     r = 1.2 * scale
     for x, y in dots:
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=colours["stroma_nuclei"])
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=slide.colours["stroma_nuclei"])
     # Crypts on a jittered 4×4 grid; a few missing, as in a tangentially cut mucosa.
     step = size / 4.0
     for gy in range(4):
@@ -198,10 +279,10 @@ def render(row: Row, size: int, seed: int) -> Image.Image:
                 continue
             centre = np.array([(gx + 0.5) * step, (gy + 0.5) * step])
             centre += rng.uniform(-0.15 * step, 0.15 * step, 2)
-            _draw_crypt(draw, centre, scale, s, rng, colours)
-    img = img.filter(ImageFilter.BoxBlur(radius=0.7 * scale))  # optics: no hard pixel edges
+            _draw_crypt(draw, centre, scale, crypt_severity(e, rng), rng, slide)
+    img = img.filter(ImageFilter.BoxBlur(radius=slide.blur * scale))  # optics: focus varies
     noisy = np.asarray(img, dtype=np.float32) + 0.5  # +0.5: astype truncates, so this rounds
-    noisy += 5.0 * rng.standard_normal((size, size, 3), dtype=np.float32)  # sensor/stain grain
+    noisy += slide.grain * rng.standard_normal((size, size, 3), dtype=np.float32)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -213,7 +294,13 @@ def _readme(count: int, size: int, seed: int, counts: dict[str, dict[str, int]])
         "crypts with small regular lumens, SSA patches dilated crypts with serrated (saw-tooth)\n"
         "and sometimes boot-shaped lumens. It exists to exercise the pipeline end to end; a model\n"
         "trained on it says nothing about real polyps.\n\n"
-        f"count={count} size={size} seed={seed}\n"
+        "It is about as hard as MHIST on purpose. How SSA-like an image looks follows its\n"
+        "number of SSA votes (of 7) continuously, with noise: 0/7 and 7/7 images are clear,\n"
+        "3/7 and 4/7 images look almost alike, and about a third of the votes are split (2-5).\n"
+        "Only some crypts of an image show the pattern. Images come in simulated slides of\n"
+        "about 8 (drawn regardless of the label, never shared by train and test) that share\n"
+        "stain, crypt size, lumen opening, focus and grain, so size and colour alone mislead.\n\n"
+        f"generator version {GENERATOR_VERSION}; count={count} size={size} seed={seed}\n"
         f"class counts per partition: {json.dumps(counts, sort_keys=True)}\n\n"
         "Real MHIST: register at https://bmirds.github.io/MHIST/ and point --data-dir at the\n"
         "folder holding its annotations.csv and images/.\n"

@@ -50,7 +50,10 @@ from training.data import (
     split_train_val,
 )
 from training.metrics import (
+    agreement_metrics,
+    agreement_scalars,
     binary_metrics,
+    format_agreement,
     plot_confusion_matrix,
     plot_roc,
     scalar_metrics,
@@ -81,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     imbalance: str = "weighted-loss"  # | "sampler" | "none"
+    soft_labels: bool = False  # train on the SSA vote share (votes / 7) instead of the label
     patience: int = 5  # epochs without a better checkpoint before stopping; 0 = never stop early
     threshold_rule: str = "youden"  # | "sensitivity"
     target_sensitivity: float = 0.9
@@ -122,6 +126,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument("--imbalance", choices=("weighted-loss", "sampler", "none"), default=d.imbalance,
                    help="class-imbalance handling: class-weighted loss, balanced sampler, or none")
+    p.add_argument("--soft-labels", action=argparse.BooleanOptionalAction, default=d.soft_labels,
+                   help="train on the share of the 7 annotators who voted SSA (soft target "
+                        "votes/7 for the 2-class cross-entropy) instead of the majority label; "
+                        "validation, threshold and metrics still use the label")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many epochs without a better checkpoint (val AUC, "
                         "ties broken by val loss); 0: never stop early")
@@ -223,7 +231,8 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
 
 def build_loaders(data: Data, cfg: TrainConfig, device: torch.device) -> dict[str, DataLoader]:
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling, sampling, worker seeds
-    train_ds = MHISTDataset(data.train, data.spec, augment=Augment())
+    train_ds = MHISTDataset(data.train, data.spec, augment=Augment(),
+                            soft_targets=cfg.soft_labels)
     sampler = None
     if cfg.imbalance == "sampler":
         per_class = np.bincount(train_ds.targets, minlength=len(CLASSES))
@@ -279,7 +288,7 @@ def train_one_epoch(
     for images, target in tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False,
                                disable=None):
         images = images.to(device, non_blocking=True)  # (N, 3, S, S)
-        target = target.to(device, non_blocking=True)  # (N,)
+        target = target.to(device, non_blocking=True)  # (N,) labels, or (N, 2) with soft labels
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(images)  # (N, 2)
             loss = criterion(logits, target)
@@ -288,11 +297,16 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total_loss += loss.item() * target.numel()  # .item() syncs with the GPU once per batch
+        total_loss += loss.item() * len(target)  # .item() syncs with the GPU once per batch
         probs.append(torch.softmax(logits.detach().float(), dim=1)[:, 1].cpu())
-        targets.append(target.cpu())
+        targets.append(_hard(target).cpu())
     y, p = torch.cat(targets).numpy(), torch.cat(probs).numpy()
     return {"loss": total_loss / max(len(y), 1), "metrics": binary_metrics(y, p), "lr": lr}
+
+
+def _hard(target: torch.Tensor) -> torch.Tensor:
+    """Class indices (N,) from labels (N,) or soft targets (N, 2): SSA iff >= 4 of 7 votes."""
+    return target if target.ndim == 1 else (target[:, 1] >= 0.5).long()
 
 
 @torch.inference_mode()
@@ -336,9 +350,11 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
                                 data.loaders["train"], device, epoch, amp)
         val = evaluate(model, criterion, data.loaders["val"], device, amp,
                        desc=f"epoch {epoch} val")
+        agreement = agreement_metrics(val["targets"], val["probs"], _votes(data.val))
         mlflow.log_metrics({"train_loss": train["loss"], "lr": train["lr"],
                             **scalar_metrics(train["metrics"], "train_"),
-                            **scalar_metrics(val["metrics"], "val_")}, step=epoch)
+                            **scalar_metrics(val["metrics"], "val_"),
+                            **_group_aucs(agreement, "val_")}, step=epoch)
         auc = val["metrics"]["roc_auc"]
         if _better(auc, val["loss"], best):
             # Copy now: the optimizer keeps changing the live tensors.
@@ -353,6 +369,17 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "best_val_auc": best["val_auc"], "epochs_run": epoch,
             "criterion": criterion, "checkpoint": ckpt}
+
+
+def _votes(records: list[Record]) -> list[int]:
+    """SSA votes per image, in the order of the split's (unshuffled) loader."""
+    return [r.votes for r in records]
+
+
+def _group_aucs(agreement: dict, prefix: str) -> dict[str, float]:
+    # Per epoch only the two pooled groups' AUCs: the full breakdown is logged once, at the end.
+    return {f"{prefix}{name}_roc_auc": agreement["groups"][name]["roc_auc"]
+            for name in ("agree", "split") if agreement["groups"][name]["roc_auc"] is not None}
 
 
 def _better(auc: float | None, loss: float, best: dict) -> bool:
@@ -532,8 +559,8 @@ def main(args: argparse.Namespace) -> dict:
 
     with start_run(cfg, data) as run:
         dataset = log_dataset(data, cfg)
-        mlflow.log_params({**_flat(asdict(cfg)), "n_train": len(data.train), "n_val": len(data.val),
-                           "n_test": len(data.test)})
+        log_params(run, {**_flat(asdict(cfg)), "n_train": len(data.train), "n_val": len(data.val),
+                         "n_test": len(data.test)})
         card = base_card(cfg, data, dataset.digest, run)
         fitted = fit(model, data, cfg, device, amp, card)
         card = finish(model, data, cfg, device, amp, fitted, card)
@@ -548,6 +575,22 @@ def main(args: argparse.Namespace) -> dict:
         (Path(cfg.out) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         mlflow.log_dict(card, CARD_FILE)  # at the artifact root: export reads it from here
     return report(card, fitted["checkpoint"], data.synthetic)
+
+
+def log_params(run, params: dict) -> None:
+    """Log the config once; under `mlflow run`, keep the values the MLproject already logged.
+
+    `mlflow run` logs each entry-point parameter as typed (`data_dir=data/sample`, `lr=1e-4`)
+    but hands train.py the resolved value (an absolute path for `type: path`); MLflow refuses to
+    change a logged param, so a differing value of ours goes under `resolved_<key>` instead.
+    """
+    import mlflow
+
+    logged = mlflow.get_run(run.info.run_id).data.params
+    ours = {k: str(v) for k, v in params.items()}
+    fresh = {k: v for k, v in ours.items() if k not in logged}
+    resolved = {f"resolved_{k}": v for k, v in ours.items() if k in logged and logged[k] != v}
+    mlflow.log_params(fresh | resolved)
 
 
 def _flat(config: dict) -> dict:
@@ -589,11 +632,18 @@ def finish(model, data: Data, cfg: TrainConfig, device, amp: bool, fitted: dict,
     test = evaluate(model, criterion, data.loaders["test"], device, amp, threshold, desc="test")
     metrics = {"val": val["metrics"], "test": test["metrics"],
                "test_at_0.5": {**binary_metrics(test["targets"], test["probs"], 0.5),
-                               "loss": test["loss"]}}
+                               "loss": test["loss"]},
+               # Split by how far the 7 annotators agreed, at the chosen threshold.
+               "val_agreement": agreement_metrics(val["targets"], val["probs"],
+                                                  _votes(data.val), threshold),
+               "test_agreement": agreement_metrics(test["targets"], test["probs"],
+                                                   _votes(data.test), threshold)}
     step = fitted["best_epoch"]
     mlflow.log_metrics({**scalar_metrics(metrics["val"], "best_val_"),
                         **scalar_metrics(metrics["test"], "test_"),
                         **scalar_metrics(metrics["test_at_0.5"], "test_at_0.5_"),
+                        **agreement_scalars(metrics["val_agreement"], "best_val_"),
+                        **agreement_scalars(metrics["test_agreement"], "test_"),
                         "best_epoch": float(step)}, step=step)
     card = {**card, "threshold": threshold, "threshold_rule": rule, "metrics": metrics,
             "best_epoch": step, "epochs_run": fitted["epochs_run"]}
@@ -619,7 +669,10 @@ def report(card: dict, checkpoint: Path, synthetic: bool) -> dict:
           else f"registered  : no (model at {ml['model_uri']})")
     print(f"checkpoint  : {Path(checkpoint).resolve()}")
     print(f"threshold   : {card['threshold']:.4f} ({card['threshold_rule']}, chosen on validation)")
+    print(f"val @thr    : {line(m['val'])}  cm {m['val']['confusion_matrix']}")
+    print(f"val agree.  : {format_agreement(m['val_agreement'])}")
     print(f"test @thr   : {line(m['test'])}  cm {m['test']['confusion_matrix']}")
+    print(f"test agree. : {format_agreement(m['test_agreement'])}")
     print(f"test @0.5   : {line(m['test_at_0.5'])}  cm {m['test_at_0.5']['confusion_matrix']}")
     if synthetic:
         print(SYNTHETIC_WARNING)

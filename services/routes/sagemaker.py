@@ -16,7 +16,8 @@ from werkzeug.datastructures import MIMEAccept
 
 from services import payload
 from services.errors import ServiceError
-from services.routes.api import predict_batch_items, predict_one
+from services.explain import custom_attribute_switch, explain_switch
+from services.routes.api import predict_batch_items, timed_prediction
 from services.settings import MIB
 from services.state import runtime
 
@@ -50,15 +51,17 @@ def execution_parameters() -> Response:
 @bp.post("/invocations")
 def invocations() -> Response:
     """SageMaker inference: one image, or a JSON batch ({"instances": [...]})."""
-    # X-Amzn-SageMaker-Custom-Attributes is deliberately never read: it is caller-controlled
-    # free text with no meaning for this model.
     _check_content_type(request.mimetype)
     _check_accept()
+    # SageMaker forwards no query string to the container, so the explanation switch also
+    # comes as the custom attribute explain=1; the rest of that caller-controlled free text
+    # is ignored. `?explain=1` works for clients that call the container directly.
+    explain = explain_switch(request.args) | custom_attribute_switch(request.headers)
     if _is_batch():
         max_batch = runtime(current_app).settings.max_batch
         return jsonify(predict_batch_items(payload.batch_images(request, max_batch),
-                                           "invocations"))
-    return jsonify(predict_one(payload.single_image(request), "invocations"))
+                                           "invocations", explain))
+    return timed_prediction(lambda: payload.single_image(request), "invocations", explain)
 
 
 def _check_content_type(mimetype: str) -> None:

@@ -83,7 +83,7 @@ def analyse_region(model: InferenceModel, image: Image.Image, mpp: float | None 
     results = list(classify(model, grid, fractions, min_tissue, crop_reader(image), REGION_BATCH))
     values = probability_grid(results, grid)
     positive = meta.positive_class
-    heatmap = render_heatmap(thumbnail, values, grid, f"P({positive})", meta.threshold)
+    heatmap = render_heatmap(thumbnail, values, grid, f"P({positive})", meta.served_threshold)
     heatmap.thumbnail((MAX_HEATMAP_SIDE, MAX_HEATMAP_SIDE), Image.Resampling.BOX)
     mask_um = source_mpp / thumbnail_scale(grid)
     return {
@@ -93,11 +93,11 @@ def analyse_region(model: InferenceModel, image: Image.Image, mpp: float | None 
                  "stride_px": grid.stride, "background_tiles": grid.size - len(results)},
         "scale": {"region_mpp": source_mpp, "model_mpp": meta.mpp,
                   "mpp_source": "model" if mpp is None else "query", "tile_um": scale.tile_um},
-        "summary": summarise(results, values, grid, meta.threshold, source_mpp, positive,
+        "summary": summarise(results, values, grid, meta.served_threshold, source_mpp, positive,
                              tissue_area_mm2(mask, mask_um)),
         "heatmap": {"media_type": "image/png",
                     "base64": base64.b64encode(png_bytes(heatmap)).decode("ascii")},
-        "threshold": meta.threshold,
+        "threshold": meta.served_threshold,
         "model": {"name": meta.name, "version": meta.version, "precision": meta.precision},
     }
 
@@ -107,13 +107,22 @@ def summarise(results: list[TileResult], values: np.ndarray, grid: Grid, thresho
     """Tiles analysed, tissue area, share of tissue called positive, the top regions."""
     weights = np.array([r.tissue_fraction for r in results], dtype=np.float64)
     called = np.array([r.label == positive for r in results], dtype=bool)
+    return summarise_arrays(weights, called, values, grid, threshold, source_mpp, positive,
+                            tissue_mm2)
+
+
+def summarise_arrays(weights: np.ndarray, called: np.ndarray, values: np.ndarray, grid: Grid,
+                     threshold: float, source_mpp: float, positive: str,
+                     tissue_mm2: float) -> dict[str, Any]:
+    """`summarise` from per-tile arrays in row-major tile order — each analysed tile's tissue
+    fraction and whether it was called positive — so a slide keeps no record per tile."""
     share = float(weights[called].sum() / weights.sum()) if weights.sum() > 0 else 0.0
     return {
-        "tiles_analysed": len(results),
+        "tiles_analysed": len(weights),
         "tissue_area_mm2": round(tissue_mm2, 4),
         "positive_class": positive,
         "fraction_positive": round(share, 4),
-        "max_probability": round(float(np.nanmax(values)), 4) if len(results) else None,
+        "max_probability": round(float(np.nanmax(values)), 4) if len(weights) else None,
         "top_regions": [region.describe(grid, source_mpp)
                         for region in positive_regions(values, threshold)],
     }

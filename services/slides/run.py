@@ -4,6 +4,11 @@ Steps: open (resolution from the slide or --mpp) → scale and pyramid level →
 thumbnail → tiles with tissue predicted in batches (streamed to the CSV and the GeoJSON as
 they come) → heatmap and summary. Files are written under temporary names and renamed at the
 end, so a slide that fails half-way leaves nothing that looks finished.
+
+Memory: one batch of tile pixels (and the next, being read), OpenSlide's tile cache, a
+thumbnail of at most MAX_THUMBNAIL_SIDE px read in THUMBNAIL_BLOCK blocks, and the tiles'
+answers as grids of a few bytes a tile; benchmarks/test_slides.py measures the peak on two
+slide sizes.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from services.slides.reader import (
     open_slide,
     read_thumbnail,
 )
-from services.slides.region import require_tissue, summarise
+from services.slides.region import require_tissue, summarise_arrays
 from services.slides.tiling import (
     Grid,
     Scale,
@@ -38,7 +43,6 @@ from services.slides.tiling import (
     classify,
     plan_grid,
     plan_scale,
-    probability_grid,
     thumbnail_size,
     tissue_fractions,
 )
@@ -55,6 +59,28 @@ class Options:
     batch_size: int = 32
     min_tissue: float = 0.5
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class TileAnswers:
+    """Every tile's answer as (rows, columns) grids: 6 bytes a tile, where a list of
+    TileResult records took ~280, so memory follows the grid only as far as the heatmap must."""
+
+    values: np.ndarray  # float32 P(positive class), NaN where no tile was analysed
+    called: np.ndarray  # bool: labelled the positive class
+    analysed: np.ndarray  # bool
+
+    @classmethod
+    def empty(cls, grid: Grid) -> TileAnswers:
+        shape = (grid.rows, grid.columns)
+        return cls(np.full(shape, np.nan, dtype=np.float32), np.zeros(shape, dtype=bool),
+                   np.zeros(shape, dtype=bool))
+
+    def add(self, result: TileResult, positive_class: str) -> None:
+        cell = (result.row, result.column)
+        self.values[cell] = result.probability
+        self.called[cell] = result.label == positive_class
+        self.analysed[cell] = True
 
 
 def output_paths(out: Path, slide_path: Path) -> dict[str, Path]:
@@ -77,18 +103,20 @@ def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path
         paths = output_paths(out, path)
         with _staged(paths.values()) as staged:
             t = time.perf_counter()
-            results = _predict(slide, model, grid, fractions, level, options, count,
+            answers = _predict(slide, model, grid, fractions, level, options, count,
                                staged[paths["tiles"]], staged[paths["geojson"]])
             timings["inference_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            values = probability_grid(results, grid)
+            values = answers.values
             meta = model.metadata
             heatmap = render_heatmap(thumbnail, values, grid, f"P({meta.positive_class})",
-                                     meta.threshold)
+                                     meta.served_threshold)
             heatmap.save(staged[paths["heatmap"]], format="PNG")
-            summary = summarise(results, values, grid, meta.threshold, slide.mpp,
-                                meta.positive_class,
-                                tissue_area_mm2(mask, slide.mpp * grid.width / mask.shape[1]))
+            summary = summarise_arrays(fractions[answers.analysed],
+                                       answers.called[answers.analysed], values, grid,
+                                       meta.served_threshold, slide.mpp, meta.positive_class,
+                                       tissue_area_mm2(mask,
+                                                       slide.mpp * grid.width / mask.shape[1]))
             timings["outputs_s"] = time.perf_counter() - t
             timings["total_s"] = time.perf_counter() - started
             document = _summary(slide, model, scale, grid, level, options, summary, timings,
@@ -99,11 +127,11 @@ def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path
 
 def _predict(slide: Slide, model: InferenceModel, grid: Grid, fractions: np.ndarray,
              level: int, options: Options, count: int, csv_path: Path,
-             geojson_path: Path) -> list[TileResult]:
-    """Stream tile predictions into the CSV and the GeoJSON; returns the results (small
-    records, no pixels) for the heatmap and the summary."""
+             geojson_path: Path) -> TileAnswers:
+    """Stream tile predictions into the CSV and the GeoJSON; returns them as grids for the
+    heatmap and the summary."""
     meta = model.metadata
-    results = []
+    answers = TileAnswers.empty(grid)
     with open(csv_path, "w", newline="", encoding="utf-8") as csv_stream, \
             open(geojson_path, "w", encoding="utf-8") as geo_stream:
         table = CsvTiles(csv_stream, meta.positive_class)
@@ -115,9 +143,9 @@ def _predict(slide: Slide, model: InferenceModel, grid: Grid, fractions: np.ndar
             row = tile_row(result, meta.positive_class)  # the grid is in level-0 pixels
             table.add(row)
             features.add(row)
-            results.append(result)
+            answers.add(result, meta.positive_class)
         features.close()
-    return results
+    return answers
 
 
 @contextmanager

@@ -3,6 +3,14 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// Numbers for people: 3 decimals, or a percentage with 1. The JSON API keeps full precision,
+// and so do the data-* attributes here.
+const round3 = (x) => Number(x).toFixed(3);
+let uncertainBand = null; // {low, high} on P(positive) from /metadata, when the model has one
+// The model's crop as a share of the preview: the preview shows the image's central square
+// (object-fit: cover), the model a centred size/resize_size of it (from /metadata).
+let cropShare = 1;
+let lastFile = null; // re-sent when the explain box changes
 
 function headers() {
   const token = $("token").value.trim();
@@ -36,6 +44,14 @@ function drawBars(result) {
       mark.className = "mark";
       mark.title = "threshold";
       mark.style.left = `${(100 * result.threshold).toFixed(2)}%`;
+      if (uncertainBand) {
+        const band = document.createElement("div");
+        band.className = "band";
+        band.title = `uncertain: ${round3(uncertainBand.low)} to ${round3(uncertainBand.high)}`;
+        band.style.left = `${(100 * uncertainBand.low).toFixed(2)}%`;
+        band.style.width = `${(100 * (uncertainBand.high - uncertainBand.low)).toFixed(2)}%`;
+        track.append(band);
+      }
       track.append(mark);
     }
     row.append(text, track);
@@ -49,10 +65,13 @@ async function classify(file) {
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
+  lastFile = file;
+  showExplanation(null);
   const form = new FormData();
   form.append("image", file, file.name);
   try {
-    const response = await fetch("/predict", { method: "POST", body: form, headers: headers() });
+    const url = $("explain").checked ? "/predict?explain=1" : "/predict";
+    const response = await fetch(url, { method: "POST", body: form, headers: headers() });
     const body = await response.json();
     if (!response.ok) {
       $("status").textContent = "";
@@ -61,8 +80,13 @@ async function classify(file) {
     }
     $("label").textContent = body.label;
     $("label").dataset.label = body.label;
-    $("threshold").textContent = String(body.threshold);
+    const decision = body.decision ?? body.label; // a server from before decisions existed
+    $("decision").textContent = decision;
+    $("decision").dataset.decision = decision;
+    $("threshold").textContent = round3(body.threshold);
+    $("threshold").dataset.threshold = String(body.threshold);
     drawBars(body);
+    showExplanation(body.explanation);
     $("result").hidden = false;
     $("status").textContent = `${file.name}: ${body.model.name} ${body.model.version} (${body.model.precision})`;
     document.body.dataset.state = "done";
@@ -82,9 +106,39 @@ async function loadModelInfo() {
     const meta = await response.json();
     $("model").textContent = `Model: ${meta.name} ${meta.version}, ${meta.precision}, classes ${meta.classes.join(" / ")}`;
     $("positive").textContent = meta.positive_class;
+    const prep = meta.preprocessing || {};
+    cropShare = prep.size && prep.resize_size ? prep.size / prep.resize_size : 1;
+    if (meta.calibration) {
+      $("model").textContent += `, calibrated (temperature ${round3(meta.calibration.temperature)})`;
+    }
+    showBand(meta.uncertain_band);
   } catch (err) {
     $("model").textContent = "Model: unavailable";
   }
+}
+
+// The answer's class activation map (PNG of the model's crop, tinted) laid over the preview.
+function showExplanation(explanation) {
+  const overlay = $("overlay");
+  overlay.hidden = !explanation;
+  $("explain-info").hidden = !explanation;
+  if (!explanation) {
+    overlay.removeAttribute("src");
+    return;
+  }
+  overlay.src = "data:image/png;base64," + explanation.overlay_png_base64;
+  overlay.dataset.class = explanation.class;
+  overlay.style.width = overlay.style.height = `${(224 * cropShare).toFixed(1)}px`;
+  $("explained-class").textContent = explanation.class;
+}
+
+function showBand(band) {
+  uncertainBand = band ? { low: band.low, high: band.high } : null;
+  $("band-info").hidden = !band;
+  if (!band) return;
+  $("band").textContent = `${round3(band.low)} and ${round3(band.high)}`;
+  $("band").dataset.low = String(band.low);
+  $("band").dataset.high = String(band.high);
 }
 
 function setup() {
@@ -105,6 +159,7 @@ function setup() {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
   });
   $("token").addEventListener("change", loadModelInfo);
+  $("explain").addEventListener("change", () => { if (lastFile) classify(lastFile); });
   loadModelInfo();
 }
 

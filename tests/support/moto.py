@@ -19,12 +19,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tests.support.containers import free_port
+from tests.support.processes import ChildServer
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -41,8 +41,10 @@ def moto_server_command() -> list[str]:
     raise RuntimeError("moto_server not found: pip install 'moto[server]'")
 
 
-class MotoServer:
+class MotoServer(ChildServer):
     """`moto_server -H 127.0.0.1 -p PORT`, started and waited for; stopped on exit."""
+
+    name = "moto_server"
 
     def __init__(self, port: int | None = None, log_dir: str | Path | None = None,
                  extra_env: dict[str, str] | None = None, start_timeout: float = 60.0) -> None:
@@ -99,40 +101,22 @@ class MotoServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"moto_server exited ({self._process.returncode}):\n"
-                                   f"{self.logs()[-3000:]}")
+        def answered() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):
-                    return
+                    return True
             except urllib.error.HTTPError:
-                return  # it answers: good enough
+                return True  # it answers: good enough
             except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"moto_server not answering on {self.url} after "
-                           f"{self.start_timeout:.0f} s:\n{self.logs()[-3000:]}")
+                return False
+
+        self.wait_until(answered)
 
     def reset(self) -> None:
         """Forget every resource (moto's reset API)."""
         request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request, timeout=30):
             pass
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=15)
-        self._process = None
 
     def __enter__(self) -> MotoServer:
         return self.start()

@@ -48,7 +48,10 @@ def tissue_canvas(layout: Sequence[str], cell_px: int, seed: int = 3
         for c, letter in enumerate(line):
             if letter in "SH":
                 label, votes = ("SSA", 7) if letter == "S" else ("HP", 0)
-                patch = render(Row(f"{r:02d}{c:02d}", label, votes, "test"), cell_px, seed)
+                # Textbook fields: the sample's own images are about as ambiguous as MHIST's,
+                # and a planted field must be what the test says it is.
+                patch = render(Row(f"{r:02d}{c:02d}", label, votes, "test"), cell_px, seed,
+                               textbook=True)
                 canvas[r * cell_px:(r + 1) * cell_px, c * cell_px:(c + 1) * cell_px] = patch
     return canvas, truth
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
 from services.adapters.sagemaker import resolve_model
 from services.targets import TARGETS
@@ -111,9 +112,12 @@ class LambdaTarget(Target):
                 body: bytes = b"") -> Reply:
         headers = dict(headers or {})
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        # API Gateway, URLs and ALB hand the query string over apart from the path.
+        path, _, query = path.partition("?")
         event = EVENT_BUILDERS[self.kind](
             method=method, path=path, headers=headers, body=body if body else None,
             binary=_sent_as_base64(content_type, body),
+            query=dict(parse_qsl(query, keep_blank_values=True)) or None,
         )
         return lambda_reply(self.invoke(event))
 
