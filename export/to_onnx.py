@@ -54,7 +54,7 @@ from services.preprocessing import PreprocessSpec
 from services.quality import QualityRanges
 from training import input_mpp
 from training.data import DatasetError, load_annotations
-from training.provenance import DEFAULT_TRACKING_URI, git_commit
+from training.provenance import DEFAULT_TRACKING_URI, check_tracking_reachable, git_commit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -194,6 +194,8 @@ def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     band_target = _band_target(args)  # a bad target fails before any work
+    if args.checkpoint is None or args.mlflow:
+        check_tracking_reachable(args.tracking_uri)  # TrackingUnreachable is a ValueError
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ValueError(f"--min-agreement {args.min_agreement:g} is a share of images: give a "
                          "number between 0 and 1 (default 0.95)")

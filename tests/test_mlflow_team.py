@@ -394,3 +394,31 @@ def test_compose_runs_the_same_mlflow_server_as_the_fixture() -> None:
     service = services["service"]["build"]
     assert (REPO_ROOT / service["dockerfile"]).is_file()
     assert service["args"]["MODEL_FILE"] == "artifacts/model.int8.onnx"
+
+
+# --- a tracking store that does not answer ---------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg", "http"])
+def test_a_dead_tracking_store_is_one_line_not_a_retry_loop(
+    scheme: str, sample_dir: Path, tmp_path: Path
+) -> None:
+    """MLflow itself retries a dead PostgreSQL for ~100 s and ends in a psycopg traceback;
+    training and export check the port first and say what to fix, password left out."""
+    uri = f"{scheme}://team:s3cret@127.0.0.1:{free_port()}/mlflow"
+    commands = {
+        "train": [str(REPO_ROOT / "training" / "train.py"), "--data-dir", str(sample_dir),
+                  "--epochs", "1", "--weights", "none", "--tracking-uri", uri,
+                  "--out", str(tmp_path / "ckpt")],
+        "export": [str(REPO_ROOT / "export" / "to_onnx.py"), "--model-uri",
+                   "models:/mhist-resnet18/latest", "--tracking-uri", uri,
+                   "--out", str(tmp_path / "onnx")],
+    }
+    for name, args in commands.items():
+        result = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode != 0, (name, result.stdout)
+        assert "Traceback" not in result.stderr, (name, result.stderr)
+        assert "does not answer on 127.0.0.1" in result.stderr, (name, result.stderr)
+        assert "s3cret" not in result.stderr, name
+        assert "--tracking-uri / MLFLOW_TRACKING_URI" in result.stderr, name
+    assert not list(tmp_path.iterdir()), "nothing written before the check"

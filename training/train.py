@@ -60,7 +60,12 @@ from training.metrics import (
     select_threshold,
 )
 from training.model import ARCHITECTURE, WeightsError, build_model
-from training.provenance import DEFAULT_TRACKING_URI, git_commit
+from training.provenance import (
+    DEFAULT_TRACKING_URI,
+    TrackingUnreachable,
+    check_tracking_reachable,
+    git_commit,
+)
 
 SYNTHETIC_WARNING = (
     "SYNTHETIC data (training.sample_data): these numbers test the pipeline, "
@@ -540,6 +545,10 @@ def main(args: argparse.Namespace) -> dict:
     import mlflow
 
     cfg = config_from_args(args)
+    try:  # before any data is read: a dead tracking server is one line, not 100 s of retries
+        check_tracking_reachable(cfg.tracking_uri)
+    except TrackingUnreachable as exc:
+        raise ConfigError(str(exc)) from None
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
