@@ -248,10 +248,7 @@ def preprocess_bytes(
     data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Untrusted image bytes → (3, S, S) float32, or ServiceError with a 4xx status."""
-    with stage("decode"):
-        img = decode_image(data, max_pixels)
-    with stage("preprocess"):
-        return preprocess(img, spec)
+    return preprocess_bytes_and_crop(data, spec, max_pixels)[0]
 
 
 def preprocess_bytes_and_crop(
