@@ -41,6 +41,12 @@ test-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null \
 	    && { systemctl disable --now docker-registry >/dev/null 2>&1 || true; }; \
 	  else echo "install Debian's docker-registry (sudo apt-get install docker-registry) for the push test" >&2; fi; }
+	@# wrk, the load generator of the throughput benchmark (benchmarks/test_throughput.py): a C
+	@# event loop, so the client takes little of the CPUs it shares with the server.
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "install wrk (Debian: sudo apt-get install wrk) for the throughput benchmark" >&2; fi; }
 	@# PostgreSQL server programs for the team-MLflow test (tests/test_mlflow_team.py), which
 	@# runs its own throwaway cluster; the package's default cluster is not needed, so it is
 	@# stopped and disabled where systemd started it.

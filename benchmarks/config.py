@@ -76,7 +76,8 @@ class BenchConfig:
     model_rounds: int
     preprocess_rounds: int
     http_requests: int
-    throughput_requests: int  # per concurrency level
+    # wrk's time per concurrency level, and the in-process ceiling's time per call
+    throughput_seconds: float
     concurrency: tuple[int, ...]
     server_settings: tuple[ServerSetting, ...]
     cold_repeats: int
@@ -141,9 +142,9 @@ def load_config(mode: str | None = None, skip: str | None = None) -> BenchConfig
         # Batch 1 only: torch.compile (the PT2E INT8 variant) compiles once per batch size.
         return BenchConfig(**common, train_images=160, check_images=8, http_check_images=4,
                            model_batches=(1,), warmup=2, model_rounds=15,
-                           preprocess_rounds=30, http_requests=15, throughput_requests=16,
+                           preprocess_rounds=30, http_requests=15, throughput_seconds=2.0,
                            cold_repeats=1, peer_requests=5, load_repeats=2)
     return BenchConfig(**common, train_images=240, check_images=32, http_check_images=8,
                        model_batches=(1, 8), warmup=5, model_rounds=100,
-                       preprocess_rounds=200, http_requests=100, throughput_requests=96,
+                       preprocess_rounds=200, http_requests=100, throughput_seconds=8.0,
                        cold_repeats=3, peer_requests=30, load_repeats=5)

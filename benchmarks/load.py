@@ -1,4 +1,5 @@
-"""HTTP clients for the benchmarks: one request, and a bounded closed-loop load on 127.0.0.1.
+"""HTTP clients for the benchmarks: one request, a bounded closed-loop load on 127.0.0.1, and
+wrk for throughput.
 
 One client and one connection policy for every HTTP target (CONNECTION_POLICY): each request
 opens its own TCP connection, says `Connection: close`, and is timed from before the connect
@@ -13,9 +14,13 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks.timing import latency_stats
@@ -23,6 +28,16 @@ from benchmarks.timing import latency_stats
 CONNECTION_POLICY = ("one new TCP connection per request (`Connection: close`), timed from "
                      "before the connect to the last byte of the response, by one "
                      "http.client client on 127.0.0.1")
+
+
+WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+WRK_POLICY = ("wrk 4 (C, one event-loop thread), N keep-alive connections each sending its "
+              "next request as soon as its answer arrives, for a fixed time; every answer "
+              "checked for status 200 and the reference label (benchmarks/wrk_post.lua)")
+
+
+class LoadGeneratorMissing(RuntimeError):
+    """wrk is not installed (Debian: apt-get install wrk; `make test-deps` does)."""
 
 
 @dataclass
@@ -106,3 +121,53 @@ def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency
         "throughput_images_per_s": len(latencies) / wall if wall > 0 else 0.0,
     })
     return record
+
+
+def wrk_load(url: str, path: str, body: bytes, content_type: str, concurrency: int,
+             seconds: float, label: str) -> dict:
+    """`concurrency` keep-alive connections from wrk for `seconds` (WRK_POLICY): images/s of the
+    good answers (200 with `label`), wrk's latency percentiles (ms), and the error count.
+
+    wrk rather than Python threads: it costs a fraction of the CPU per request, and client and
+    server share the machine's cores here, so a Python client would cap what it measures.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise LoadGeneratorMissing("wrk is not installed (Debian: apt-get install wrk; "
+                                   "`make test-deps` installs it)")
+    with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
+        body_file.write(body)
+        body_file.flush()
+        command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency",
+                   "--timeout", "30s", "-s", str(WRK_SCRIPT), url.rstrip("/") + path, "--",
+                   body_file.name, content_type, label]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((text for text in done.stdout.splitlines() if text.startswith("WRK_JSON ")),
+                None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (status {done.returncode}): "
+                           f"{(done.stderr or done.stdout)[-600:]}")
+    return wrk_record(json.loads(line.removeprefix("WRK_JSON ")), concurrency)
+
+
+def wrk_record(raw: dict, concurrency: int) -> dict:
+    """wrk's summary (µs, counts) → the record closed_loop writes (ms, images/s, errors)."""
+    wall = raw["duration_us"] / 1e6
+    errors = (raw["bad"] + raw["connect_errors"] + raw["read_errors"] + raw["write_errors"]
+              + raw["timeouts"])
+    return {
+        "client": "wrk",
+        "concurrency": concurrency,
+        "requests": raw["requests"],
+        "ok": raw["good"],
+        "errors": errors,
+        "error_examples": [raw["first_bad"]] if raw["first_bad"] else [],
+        "wall_s": wall,
+        "throughput_images_per_s": raw["good"] / wall if wall > 0 else 0.0,
+        "p50_ms": raw["p50_us"] / 1000.0,
+        "p90_ms": raw["p90_us"] / 1000.0,
+        "p99_ms": raw["p99_us"] / 1000.0,
+        "max_ms": raw["max_us"] / 1000.0,
+        "mean_ms": raw["mean_us"] / 1000.0,
+        "wrk": raw,
+    }

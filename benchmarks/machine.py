@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -100,6 +101,17 @@ def load_average() -> list[float] | None:
 def busy(load: list[float] | None, cpus: int) -> bool:
     """Whether a 1-minute load average says other jobs were running (see BUSY_LOAD_PER_CPU)."""
     return bool(load) and load[0] > BUSY_LOAD_PER_CPU * cpus
+
+
+def settle(cpus: int, limit_s: float = 150.0, poll_s: float = 2.0) -> float:
+    """Wait until the 1-minute load average is no longer busy (at most `limit_s`); the seconds
+    waited. The load average trails the CPU use of the last minute, including this run's own
+    previous section (a slide being written, containers being stopped): a section that wants
+    to start, and be reported, on an idle machine waits for it to decay."""
+    started = time.monotonic()
+    while busy(load_average(), cpus) and time.monotonic() - started < limit_s:
+        time.sleep(poll_s)
+    return time.monotonic() - started
 
 
 def refusal(mode: str, load: list[float] | None, cpus: int,

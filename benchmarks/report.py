@@ -334,7 +334,7 @@ def _http_rows(http: dict) -> list[tuple[str, dict]]:
     return [(key, http[key]) for key in CONTAINER_IDS if (http.get(key) or {}).get("n")]
 
 
-def http_findings(http: dict) -> list[str]:
+def http_findings(http: dict, throughput: dict | None = None) -> list[str]:
     base = http.get(BASELINE)
     found = []
     rows = dict(_http_rows(http))
@@ -348,7 +348,44 @@ def http_findings(http: dict) -> list[str]:
         fastest = min(rows, key=lambda key: rows[key]["p50_ms"])
         found.append(f"Lowest p50: {container_label(fastest)} ({rows[fastest]['p50_ms']:.1f} "
                      "ms).")
-    return found
+    return found + overhead_goals(http, throughput)
+
+
+# The serving-overhead issue's goals, INT8 file, p50 over a bare session.run of the same file.
+# POST /predict over a kept-alive connection, from the throughput run on one worker.
+KEEPALIVE_KEY = "flask-int8-keepalive"
+OVERHEAD_GOALS = {"predict_bytes": 1.15, "flask-int8": 1.25, KEEPALIVE_KEY: 1.25}
+
+
+def overhead_goals(http: dict, throughput: dict | None = None) -> list[str]:
+    """The INT8 overhead ratios against their goals (and the other targets' ratios, which have
+    none), computed from the records. With throughput records, also POST /predict over a
+    kept-alive connection: wrk at concurrency 1 on the one-worker layout."""
+    floor = (http.get("reference/int8/session.run") or {}).get("p50_ms")
+    if not floor:
+        return []
+    measured = {"predict_bytes": (http.get("reference/int8/predict_bytes") or {}).get("p50_ms")}
+    measured |= {key: rec["p50_ms"] for key, rec in _http_rows(http)
+                 if key.endswith("-int8") and key != BASELINE}
+    single = next((rec for rec in (throughput or {}).values()
+                   if rec.get("workers") == 1 and rec.get("gunicorn_threads", 1) == 1), None)
+    if single and (single["levels"].get("1") or {}).get("p50_ms"):
+        measured[KEEPALIVE_KEY] = single["levels"]["1"]["p50_ms"]
+    lines = []
+    for key, p50 in measured.items():
+        if not p50:
+            continue
+        name = {"predict_bytes": "predict_bytes",
+                KEEPALIVE_KEY: f"Flask container over one kept-alive connection (wrk, "
+                               f"concurrency 1, {single['setting'] if single else ''})"
+                }.get(key) or container_label(key)
+        ratio = p50 / floor
+        goal = OVERHEAD_GOALS.get(key)
+        verdict = (f" (goal ≤ ×{goal:.2f}: **{'met' if ratio <= goal else 'not met'}**)"
+                   if goal else "")
+        lines.append(f"INT8 {name}: p50 {p50:.2f} ms = ×{ratio:.2f} session.run "
+                     f"({floor:.2f} ms){verdict}.")
+    return lines
 
 
 def _http_section(data: dict) -> str:
@@ -385,7 +422,7 @@ def _http_section(data: dict) -> str:
         _table(["target", "file", "request", "p50 ms", "p95 ms", "p99 ms",
                 "÷ session.run, same file (p50)", "speed-up vs PyTorch baseline (p50)",
                 "answers vs ONNX FP32", "n", "errors"], rows), "",
-        *[f"- {line}" for line in http_findings(http)],
+        *[f"- {line}" for line in http_findings(http, data.get("throughput"))],
         *_stage_table(http),
     ])
 
@@ -430,22 +467,72 @@ def _throughput_section(data: dict) -> str:
         return "## 3. Throughput\n\nNo data."
     rows = []
     for label, rec in tp.items():
+        ceiling = _ceiling(rec, "predict_bytes")
         for level, r in rec["levels"].items():
+            p50, p99 = r.get("p50_ms"), r.get("p99_ms")
             rows.append([label, level, _num(r["throughput_images_per_s"]),
-                         _num(r.get("p50_ms")), _num(r.get("p99_ms")), r["errors"],
+                         _share(r["throughput_images_per_s"], ceiling), _num(p50), _num(p99),
+                         f"×{p99 / p50:.2f}" if p50 and p99 else "–", r["errors"],
                          r["requests"]])
     labels = list(tp)
     levels = sorted({int(c) for rec in tp.values() for c in rec["levels"]})
-    pivot = [[c] + [_num((tp[label]["levels"].get(str(c)) or {}).get("throughput_images_per_s"))
-                    for label in labels] for c in levels]
+    pivot = [[f"container, concurrency {c}"]
+             + [_num((tp[label]["levels"].get(str(c)) or {}).get("throughput_images_per_s"))
+                for label in labels] for c in levels]
+    for call in ("predict_bytes", "session.run"):
+        if any(_ceiling(rec, call) for rec in tp.values()):
+            pivot.append([f"in-process {call}, same layout"]
+                         + [_num(_ceiling(tp[label], call)) for label in labels])
+    client = data["run"].get("throughput_client") or "a closed loop of Python threads"
     return "\n".join([
-        "## 3. Throughput — Flask container (INT8 file), closed loop on 127.0.0.1", "",
-        "Layout = gunicorn workers × ORT intra-op threads (× gthreads when shown). "
-        "images/s by concurrency:", "",
-        _table(["concurrency", *labels], pivot), "", "Details:", "",
-        _table(["layout", "concurrency", "images/s", "p50 ms", "p99 ms", "errors",
-                "requests"], rows), "",
+        "## 3. Throughput — Flask container (INT8 file) on 127.0.0.1, against its in-process "
+        "ceiling", "",
+        f"Load: {client}. Layout = gunicorn workers × ORT intra-op threads (× gthreads when "
+        "shown); the in-process rows run the same file in the same layout without HTTP "
+        "(benchmarks/inprocess.py). images/s:", "",
+        _table(["", *labels], pivot), "", "Details:", "",
+        _table(["layout", "concurrency", "images/s", "÷ in-process predict_bytes", "p50 ms",
+                "p99 ms", "p99 ÷ p50", "errors", "requests"], rows), "",
+        *[f"- {line}" for line in throughput_goals(tp)], "",
         throughput_verdict(tp, _default_label(data["run"], data["machine"]))])
+
+
+def _ceiling(rec: dict, call: str) -> float | None:
+    return ((rec.get("inprocess") or {}).get(call) or {}).get("images_per_s")
+
+
+def _share(value: float | None, base: float | None) -> str:
+    return f"{100.0 * value / base:.0f} %" if value and base else "–"
+
+
+# The serving-overhead issue's goals at concurrency 4: the container keeps this share of what
+# predict_bytes reaches in-process in the same layout, with its p99 within this many p50s.
+THROUGHPUT_GOAL_SHARE = 0.90
+THROUGHPUT_GOAL_TAIL = 3.0
+GOAL_CONCURRENCY = "4"
+
+
+def throughput_goals(tp: dict) -> list[str]:
+    """One line per layout: concurrency 4 against the goals, computed from the records."""
+    lines = []
+    for label, rec in tp.items():
+        r = rec["levels"].get(GOAL_CONCURRENCY)
+        ceiling = _ceiling(rec, "predict_bytes")
+        if not r or not ceiling or not r.get("p50_ms"):
+            continue
+        share = r["throughput_images_per_s"] / ceiling
+        tail = r["p99_ms"] / r["p50_ms"]
+        bare = _ceiling(rec, "session.run")
+        met = share >= THROUGHPUT_GOAL_SHARE and tail <= THROUGHPUT_GOAL_TAIL and not r["errors"]
+        lines.append(
+            f"{label} at concurrency {GOAL_CONCURRENCY}: {r['throughput_images_per_s']:.1f} "
+            f"images/s = {100 * share:.0f} % of in-process predict_bytes ({ceiling:.1f}; goal "
+            f"≥ {100 * THROUGHPUT_GOAL_SHARE:.0f} %)"
+            + (f", {100 * r['throughput_images_per_s'] / bare:.0f} % of bare session.run "
+               f"({bare:.1f})" if bare else "")
+            + f"; p99 = {tail:.2f} × p50 (goal ≤ {THROUGHPUT_GOAL_TAIL:g}); "
+            f"{r['errors']} errors: **goal {'met' if met else 'not met'}**.")
+    return lines
 
 
 def throughput_verdict(tp: dict, default: str) -> str:

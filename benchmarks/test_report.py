@@ -239,3 +239,48 @@ def test_slides_sentences_follow_the_numbers(run_dir):
     assert "Seconds per slide: ONNX Runtime INT8" in text and "INT8 ×2.00 slower" in text
     assert "peak RSS ×2.00" in text
     assert "Answers: **WRONG** for ONNX Runtime INT8." in text
+
+
+def _level(images_per_s: float, p50: float, p99: float, errors: int = 0) -> dict:
+    return {"throughput_images_per_s": images_per_s, "p50_ms": p50, "p99_ms": p99,
+            "errors": errors, "requests": 100}
+
+
+@pytest.mark.parametrize(("level", "ceiling", "verdict"), [
+    (_level(95.0, 40.0, 100.0), 100.0, "goal met"),       # 95 %, tail ×2.5
+    (_level(85.0, 40.0, 100.0), 100.0, "goal not met"),   # 85 % of the ceiling
+    (_level(95.0, 40.0, 130.0), 100.0, "goal not met"),   # p99 = ×3.25 p50
+    (_level(95.0, 40.0, 100.0, errors=1), 100.0, "goal not met"),
+])
+def test_throughput_goal_follows_the_numbers(level, ceiling, verdict):
+    tp = {"2w×1ort": {"levels": {"4": level},
+                      "inprocess": {"predict_bytes": {"images_per_s": ceiling},
+                                    "session.run": {"images_per_s": 2 * ceiling}}}}
+    (line,) = report.throughput_goals(tp)
+    share = round(100 * level["throughput_images_per_s"] / ceiling)
+    assert f"= {share} % of in-process predict_bytes" in line
+    assert f"p99 = {level['p99_ms'] / level['p50_ms']:.2f} × p50" in line
+    assert line.endswith(f"**{verdict}**.")
+
+
+@pytest.mark.parametrize(("p50", "verdict"), [(11.0, "met"), (13.0, "not met")])
+def test_overhead_goal_follows_the_numbers(p50, verdict):
+    http = {"reference/int8/session.run": {"p50_ms": 10.0},
+            "reference/int8/predict_bytes": {"p50_ms": p50 - 0.5},
+            "flask-int8": {"p50_ms": p50, "n": 10}}
+    lines = report.overhead_goals(http)
+    flask = next(line for line in lines if "Flask" in line)
+    assert f"×{p50 / 10.0:.2f} session.run" in flask and f"**{verdict}**" in flask
+    core = next(line for line in lines if "predict_bytes" in line)
+    assert f"×{(p50 - 0.5) / 10.0:.2f}" in core
+
+
+def test_keepalive_overhead_comes_from_the_one_worker_throughput_run():
+    http = {"reference/int8/session.run": {"p50_ms": 10.0}}
+    throughput = {"2w×1ort": {"setting": "2w×1ort", "workers": 2, "gunicorn_threads": 1,
+                              "levels": {"1": {"p50_ms": 30.0}}},
+                  "1w×2ort": {"setting": "1w×2ort", "workers": 1, "gunicorn_threads": 1,
+                              "levels": {"1": {"p50_ms": 12.0}}}}
+    (line,) = report.overhead_goals(http, throughput)
+    assert "kept-alive" in line and "1w×2ort" in line and "×1.20 session.run" in line
+    assert line.endswith("**met**).")

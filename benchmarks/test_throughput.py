@@ -1,11 +1,15 @@
-"""(3) Throughput of the Flask container: closed loop at concurrency 1, 2, 4, 8 on 127.0.0.1,
-a bounded number of requests per level, for each gunicorn layout (workers × ORT threads, see
-BenchConfig.server_settings) — the numbers behind the default layout of the `http` target
-(services/settings.py, which services/gunicorn_conf.py reads).
+"""(3) Throughput of the Flask container against its in-process ceiling, per gunicorn layout.
 
-The load generator runs on the same machine: its client threads take a little CPU from the
-server, equally for every layout. Every answer is compared with the ONNX FP32 reference (the
-container serves the INT8 file).
+For each layout (workers × ORT threads, × gthreads; benchmarks.config.ServerSetting):
+1. the ceiling, in-process: `predict_bytes` and bare `session.run` of the same INT8 file in the
+   same worker × thread layout, without HTTP (benchmarks.inprocess);
+2. the container under wrk at concurrency 1, 2, 4, 8 (keep-alive connections, a fixed time per
+   level; benchmarks.load.WRK_POLICY). wrk is a C event loop that costs little CPU, which
+   matters because client and server share this machine's cores.
+
+The report sets (2) against (1): images/s at concurrency 4 as a share of in-process
+predict_bytes, and p99 against p50. Every answer is checked: the first against the ONNX FP32
+reference, every one under load for status 200 and that same label.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import pytest
 
 from benchmarks.checks import response_checker
 from benchmarks.config import ServerSetting
-from benchmarks.load import closed_loop
+from benchmarks.inprocess import CALLS, inprocess_throughput
+from benchmarks.load import WRK_POLICY, LoadGeneratorMissing, closed_loop, wrk_load
 from benchmarks.targets import running, wait_first_ok
 from services.settings import Settings
+from tests.conftest import unavailable
 
 
 def _settings_ids(settings: tuple[ServerSetting, ...]) -> list[str]:
@@ -37,28 +43,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.mark.container
 def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, bench_config,
                           png_224, reference, results):
+    ceiling = {call: inprocess_throughput(bench_model.file("int8"), png_224, setting, call,
+                                          bench_config.throughput_seconds)
+               for call in CALLS}
     check = response_checker(reference, bench_model.image.name, "int8")
     with running("flask", onnx_images["flask-int8"], threads=setting.ort_threads,
                  env=setting.env()) as target:
-        wait_first_ok(target, png_224)
+        _, first = wait_first_ok(target, png_224)
+        assert check(first) is None, check(first)
+        label = first.json()["label"]
         # Every worker loads its own session: warm them all before measuring.
         closed_loop(target.base_url, target.path, png_224, "image/png",
-                    setting.workers * setting.gunicorn_threads, 2 * setting.workers)
+                    setting.workers * setting.gunicorn_threads, 2 * setting.workers,
+                    validate=check)
         levels = {}
         for concurrency in bench_config.concurrency:
-            record = closed_loop(target.base_url, target.path, png_224, "image/png",
-                                 concurrency, bench_config.throughput_requests,
-                                 validate=check)
-            levels[str(concurrency)] = record
+            try:
+                levels[str(concurrency)] = wrk_load(
+                    target.base_url, target.path, png_224, "image/png", concurrency,
+                    bench_config.throughput_seconds, label)
+            except LoadGeneratorMissing as exc:
+                unavailable(str(exc))
     # The layout the `http` target takes by default on this machine (services/settings.py).
     default = Settings.from_env({})
     results.set_run(default_layout=ServerSetting(default.workers, default.ort_threads,
-                                                 default.threads).label)
+                                                 default.threads).label,
+                    throughput_client=WRK_POLICY)
     results.put("throughput", setting.label, {
         "setting": setting.label, "workers": setting.workers,
         "gunicorn_threads": setting.gunicorn_threads, "ort_threads": setting.ort_threads,
-        "levels": levels,
+        "inprocess": ceiling, "levels": levels,
     })
     for concurrency, record in levels.items():
         assert record["errors"] == 0, (concurrency, record["error_examples"])
-        assert record["ok"] == bench_config.throughput_requests
+        assert record["ok"] > 0, (concurrency, record)

@@ -30,6 +30,7 @@ import tempfile
 
 from gunicorn import util as _gunicorn_util
 
+from services.files import model_file_problem
 from services.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
 from services.settings import Settings, SettingsError
 
@@ -99,23 +100,9 @@ def on_starting(server) -> None:
     _clear_folder(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     if not _SETTINGS.model_required:
         return
-    problem = _model_file_problem(_SETTINGS.model_path or "")
+    problem = model_file_problem(_SETTINGS.model_path or "")
     if problem:
         _fail(server, problem)
-
-
-def _model_file_problem(path: str) -> str | None:
-    if not path:
-        return "MODEL_PATH is not set; point it at an exported ONNX file"
-    if os.path.isdir(path):
-        return f"MODEL_PATH {path} is a directory; point it at the ONNX file inside it"
-    if not os.path.isfile(path):
-        return f"model file {path} does not exist (set MODEL_PATH to an ONNX file)"
-    if not os.access(path, os.R_OK):
-        return f"model file {path} is not readable by uid {os.getuid()}"
-    if os.path.getsize(path) == 0:
-        return f"model file {path} is empty (0 bytes)"
-    return None
 
 
 def post_fork(server, worker) -> None:

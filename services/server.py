@@ -9,13 +9,36 @@ starts gunicorn on its unix socket with `python -m services.server --upstream un
 
 from __future__ import annotations
 
+import os
 import sys
 
 from services.settings import Settings, SettingsError
 
 GUNICORN_ARGS = ["-c", "python:services.gunicorn_conf"]
-APP = "services.app:create_app()"
+APP = "services.server:worker_app()"
+# gunicorn's exit status for a worker that could not boot: the master then stops the server with
+# "Worker failed to boot" and the same status (gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR).
+WORKER_BOOT_ERROR = 3
 UPSTREAM_FLAG = "--upstream"  # `--upstream unix:PATH`: run gunicorn there, behind the front
+
+
+def worker_app():
+    """The app of one gunicorn worker: `create_app()`, except that a model or setting that
+    cannot be served is one line on stderr (prefixed as the container's entry point prefixes
+    its own: `serve:` on SageMaker) and exit status 3, not a traceback from every worker.
+
+    This is where the model file is checked for real: the worker's load is the only load, so
+    a container pays for importing onnxruntime and building a session once, not twice.
+    """
+    from services.app import create_app  # numpy, onnxruntime: in the worker, after the fork
+    from services.errors import ModelLoadError
+
+    try:
+        return create_app()
+    except (ModelLoadError, SettingsError) as exc:
+        prefix = "serve" if os.environ.get("SERVING_TARGET") == "sagemaker" else "mhist"
+        print(f"{prefix}: cannot start: {exc}", file=sys.stderr, flush=True)
+        sys.exit(WORKER_BOOT_ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,9 +61,17 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(front.run(settings))
     from gunicorn.app.wsgiapp import run  # only now: its import reads WEB_CONCURRENCY
+    from gunicorn.errors import HaltServer
 
     sys.argv = ["gunicorn", *GUNICORN_ARGS, *extra, APP]
-    run()
+    try:
+        run()
+    except HaltServer as exc:
+        # gunicorn 26 halts on the first worker that fails to boot, then raises the same
+        # HaltServer again, uncaught, while reaping the next one: one line and its status
+        # (3) instead of two tracebacks. Each worker has already said why (worker_app).
+        print(f"mhist: stopped: {exc.reason}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_status)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,103 @@ def test_a_stored_spec_is_honoured_or_refused() -> None:
     for key, value in (("resize", "stretch"), ("layout", "NHWC"), ("interpolation", "lanczos")):
         with pytest.raises(ValueError, match=f"unsupported preprocessing {key} '{value}'"):
             PreprocessSpec.from_dict({**stored, key: value})
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(to_rgb(img.convert("RGB") if img.mode != "RGB" else img))
+
+
+LIBSPNG_DECODES = {"plain": True, "interlaced": True, "trns": True, "level0": True,
+                   "exif-rotated": False, "16-bit": False}
+
+
+@pytest.mark.parametrize("variant", LIBSPNG_DECODES)
+def test_both_png_decoders_give_the_same_pixels(variant: str, monkeypatch) -> None:
+    """8-bit RGB PNGs go through libspng (services.preprocessing._decode_plain_png), the rest
+    through Pillow: either way decode_image + to_rgb give Pillow's own pixels."""
+    from services import preprocessing
+
+    calls = []
+    real = preprocessing.pyspng.load
+    monkeypatch.setattr(preprocessing.pyspng, "load",
+                        lambda *args: calls.append(1) or real(*args))  # a spy: the real decoder
+    rgb = Image.fromarray(smooth_rgb(224, 224, 7))
+    out = io.BytesIO()
+    if variant == "plain":
+        rgb.save(out, "PNG")
+    elif variant == "interlaced":  # Pillow cannot write Adam7; built by hand below
+        out.write(_adam7_png(np.asarray(rgb)))
+    elif variant == "trns":  # a colour key: still opaque RGB to both decoders
+        rgb.save(out, "PNG", transparency=(10, 20, 30))
+    elif variant == "level0":
+        rgb.save(out, "PNG", compress_level=0)
+    elif variant == "exif-rotated":  # eXIf chunk: Pillow's path, rotated by to_rgb
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        rgb.crop((0, 0, 224, 160)).save(out, "PNG", exif=exif)
+    elif variant == "16-bit":  # Pillow reads 48-bit RGB as 8-bit RGB
+        wide = np.asarray(rgb).astype(np.uint16) * 257
+        out.write(_png_bytes(wide, bit_depth=16))
+    data = out.getvalue()
+    ours = np.asarray(to_rgb(decode_image(data)))
+    assert bool(calls) is LIBSPNG_DECODES[variant]
+    if variant == "exif-rotated":
+        assert ours.shape == (224, 160, 3)  # rotated upright: width and height swapped
+        return
+    np.testing.assert_array_equal(ours, _pillow_pixels(data))
+
+
+def _png_bytes(pixels: np.ndarray, bit_depth: int = 8, interlace: int = 0,
+               raw: bytes | None = None) -> bytes:
+    """An RGB PNG written from scratch: filter 0 rows (or `raw`, already laid out)."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    if raw is None:
+        rows = pixels.astype(">u2" if bit_depth == 16 else np.uint8).reshape(height, -1)
+        raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def _adam7_png(pixels: np.ndarray) -> bytes:
+    """An interlaced (Adam7) 8-bit RGB PNG: the seven passes, each row with filter 0."""
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2)]  # (x0, y0, dx, dy)
+    raw = b""
+    for x0, y0, dx, dy in passes:
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    return _png_bytes(pixels, interlace=1, raw=raw)
+
+
+def test_a_cut_zlib_stream_with_good_checksums_is_a_400() -> None:
+    """Every chunk's CRC is right but the pixel data ends early: libspng's error is a 400 that
+    says so, as Pillow's is."""
+    import struct
+    import zlib
+
+    from services.errors import ServiceError
+
+    pixels = smooth_rgb(64, 64, 3)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(64, -1))
+    cut = zlib.compress(raw)[:-400]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", cut) + chunk(b"IEND", b""))
+    with pytest.raises(ServiceError) as raised:
+        decode_image(data)
+    assert raised.value.status_code == 400 and "truncated or corrupt" in raised.value.message

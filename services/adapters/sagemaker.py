@@ -2,8 +2,9 @@
 
 SageMaker starts the container as `IMAGE serve`; sagemaker/serve calls `serve()`, which
 1. resolves the ONNX file in the model folder (the extracted model.tar.gz) and the sha256 its
-   manifest.json promises, and loads it once, so that a missing or bad model is one clear line
-   in CloudWatch and exit status 2 instead of workers failing to boot;
+   manifest.json promises, so that a missing model or a bad setting is one clear line in
+   CloudWatch and exit status 2; a file that is there but not a usable model (or not the
+   manifest's) is refused by the worker that loads it, with one line and exit status 3;
 2. replaces itself with the one server (`python -m services.server`: gunicorn with
    services/gunicorn_conf.py) on the app of services.app with the `sagemaker` target, which
    adds /ping, /invocations and /execution-parameters to the common routes.
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from services.errors import ModelLoadError
+from services.files import model_file_problem
 from services.settings import Settings, SettingsError
 
 MODEL_FILE = "model.onnx"
@@ -86,20 +88,25 @@ def _check_inside(model_dir: Path, path: Path, what: str) -> None:
 
 def model_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables that make the one app a SageMaker server for the model folder; raises
-    SettingsError or ModelLoadError. Loads the model once, exactly as a worker will."""
-    from services.state import ModelState  # onnxruntime: only once the settings are good
+    SettingsError or ModelLoadError for what can be told without loading the model.
 
+    The model itself is loaded once, by the worker (services.server.worker_app), which stops
+    the server with one `serve: cannot start:` line when the file is not a usable model or its
+    sha256 is not the manifest's. Loading it here as well, as a check, cost a second import of
+    onnxruntime and a second session: about a second of every cold start.
+    """
     environ = dict(os.environ if environ is None else environ)
     environ["SERVING_TARGET"] = "sagemaker"
     settings = Settings.from_env(environ)
     path, digest = resolve_model(settings.model_dir)
     checked = Settings.from_env(environ, {"MODEL_PATH": str(path), "MODEL_SHA256": digest,
                                           "MODEL_REQUIRED": True})
-    model = ModelState(checked).load()
-    print(f"serve: model {model.metadata.name} v{model.metadata.version} "
-          f"({model.metadata.precision}, sha256 {model.sha256[:12]}) checked in "
-          f"{model.load_seconds:.2f} s; starting gunicorn on port {checked.port} with "
-          f"{checked.workers} worker(s) × {checked.threads} thread(s)", flush=True)
+    problem = model_file_problem(str(path))
+    if problem:
+        raise ModelLoadError(problem)
+    print(f"serve: model file {path.name} ({path.stat().st_size / 1e6:.1f} MB); starting "
+          f"the server on port {checked.port} with {checked.workers} worker(s) × "
+          f"{checked.threads} thread(s)", flush=True)
     return {"SERVING_TARGET": "sagemaker", "MODEL_PATH": str(path),
             "MODEL_SHA256": digest or "", "MODEL_REQUIRED": "1"}
 
