@@ -375,15 +375,15 @@ def overhead_goals(http: dict, throughput: dict | None = None) -> list[str]:
     for key, p50 in measured.items():
         if not p50:
             continue
-        name = {"predict_bytes": "predict_bytes",
-                KEEPALIVE_KEY: f"Flask container over one kept-alive connection (wrk, "
+        name = {"predict_bytes": "INT8 predict_bytes (in-process)",
+                KEEPALIVE_KEY: f"Flask container, INT8, over one kept-alive connection (wrk, "
                                f"concurrency 1, {single['setting'] if single else ''})"
                 }.get(key) or container_label(key)
         ratio = p50 / floor
         goal = OVERHEAD_GOALS.get(key)
         verdict = (f" (goal ≤ ×{goal:.2f}: **{'met' if ratio <= goal else 'not met'}**)"
                    if goal else "")
-        lines.append(f"INT8 {name}: p50 {p50:.2f} ms = ×{ratio:.2f} session.run "
+        lines.append(f"{name}: p50 {p50:.2f} ms = ×{ratio:.2f} INT8 session.run "
                      f"({floor:.2f} ms){verdict}.")
     return lines
 

@@ -270,7 +270,7 @@ def test_overhead_goal_follows_the_numbers(p50, verdict):
             "flask-int8": {"p50_ms": p50, "n": 10}}
     lines = report.overhead_goals(http)
     flask = next(line for line in lines if "Flask" in line)
-    assert f"×{p50 / 10.0:.2f} session.run" in flask and f"**{verdict}**" in flask
+    assert f"×{p50 / 10.0:.2f} INT8 session.run" in flask and f"**{verdict}**" in flask
     core = next(line for line in lines if "predict_bytes" in line)
     assert f"×{(p50 - 0.5) / 10.0:.2f}" in core
 
@@ -282,5 +282,5 @@ def test_keepalive_overhead_comes_from_the_one_worker_throughput_run():
                   "1w×2ort": {"setting": "1w×2ort", "workers": 1, "gunicorn_threads": 1,
                               "levels": {"1": {"p50_ms": 12.0}}}}
     (line,) = report.overhead_goals(http, throughput)
-    assert "kept-alive" in line and "1w×2ort" in line and "×1.20 session.run" in line
+    assert "kept-alive" in line and "1w×2ort" in line and "×1.20 INT8 session.run" in line
     assert line.endswith("**met**).")
