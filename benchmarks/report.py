@@ -385,7 +385,25 @@ def overhead_goals(http: dict, throughput: dict | None = None) -> list[str]:
                    if goal else "")
         lines.append(f"{name}: p50 {p50:.2f} ms = ×{ratio:.2f} INT8 session.run "
                      f"({floor:.2f} ms){verdict}.")
-    return lines
+    return lines + _overhead_floor(http, floor)
+
+
+def _overhead_floor(http: dict, floor: float) -> list[str]:
+    """Where predict_bytes' time beyond session.run goes, from the Flask INT8 container's stage
+    histogram, when the predict_bytes goal is not met."""
+    core = (http.get("reference/int8/predict_bytes") or {}).get("p50_ms")
+    stages = (http.get("flask-int8") or {}).get("stages_ms") or {}
+    goal = OVERHEAD_GOALS["predict_bytes"]
+    if not core or core <= goal * floor or not stages:
+        return []
+    parts = {name: stages[name] for name in ("decode", "preprocess", "postprocess")
+             if name in stages}
+    listed = ", ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
+    return [f"predict_bytes − session.run: {core - floor:.2f} ms by their p50s (timed one after "
+            f"the other), where ×{goal:.2f} allows {(goal - 1) * floor:.2f} ms. The same "
+            f"stages inside the Flask INT8 container (mean ms, mhist_stage_seconds): {listed}, "
+            f"{sum(parts.values()):.2f} ms in all; postprocess includes the input quality "
+            "checks, which an export with `--no-quality-ranges` leaves out."]
 
 
 def _http_section(data: dict) -> str:

@@ -284,3 +284,16 @@ def test_keepalive_overhead_comes_from_the_one_worker_throughput_run():
     (line,) = report.overhead_goals(http, throughput)
     assert "kept-alive" in line and "1w×2ort" in line and "×1.20 INT8 session.run" in line
     assert line.endswith("**met**).")
+
+
+def test_a_missed_core_goal_names_the_stages_that_cost_it():
+    http = {"reference/int8/session.run": {"p50_ms": 10.0},
+            "reference/int8/predict_bytes": {"p50_ms": 12.0},
+            "flask-int8": {"p50_ms": 13.0, "n": 10,
+                           "stages_ms": {"decode": 1.0, "preprocess": 0.25, "postprocess": 0.5,
+                                         "run": 10.0}}}
+    line = report.overhead_goals(http)[-1]
+    assert "decode 1.00, preprocess 0.25, postprocess 0.50, 1.75 ms in all" in line
+    assert "predict_bytes − session.run: 2.00 ms" in line and "×1.15 allows 1.50 ms" in line
+    http["reference/int8/predict_bytes"]["p50_ms"] = 11.0  # met: nothing to explain
+    assert not any("stands between" in line for line in report.overhead_goals(http))
