@@ -22,16 +22,25 @@ CALLS = ("predict_bytes", "session.run")
 _WARMUP_CALLS = 5
 
 
-def _call(model_path: str, png: bytes, ort_threads: int, what: str) -> Callable[[], object]:
-    from services.model import InferenceModel
+def model_calls(model) -> dict[str, Callable[[bytes], Callable[[], object]]]:
+    """call name (CALLS) → png → a no-argument call on `model` (services.model.InferenceModel):
+    what section 2 times one call at a time and this module times in a server's layout."""
     from services.preprocessing import preprocess_bytes
 
-    model = InferenceModel(model_path, threads=ort_threads)
-    if what == "predict_bytes":
-        return lambda: model.predict_bytes(png)
     meta = model.metadata
-    batch = preprocess_bytes(png, meta.preprocessing)[None]  # (1, 3, S, S)
-    return lambda: model.session.run([meta.output_name], {meta.input_name: batch})
+
+    def session_run(png: bytes) -> Callable[[], object]:
+        batch = preprocess_bytes(png, meta.preprocessing)[None]  # (1, 3, S, S)
+        return lambda: model.session.run([meta.output_name], {meta.input_name: batch})
+
+    return {"predict_bytes": lambda png: lambda: model.predict_bytes(png),
+            "session.run": session_run}
+
+
+def _call(model_path: str, png: bytes, ort_threads: int, what: str) -> Callable[[], object]:
+    from services.model import InferenceModel
+
+    return model_calls(InferenceModel(model_path, threads=ort_threads))[what](png)
 
 
 def _worker(model_path: str, png: bytes, setting: ServerSetting, what: str, seconds: float,

@@ -123,6 +123,15 @@ def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency
     return record
 
 
+def wrk_path() -> str:
+    """The wrk executable; LoadGeneratorMissing (saying how to install it) when there is none."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise LoadGeneratorMissing("wrk is not installed (Debian: apt-get install wrk; "
+                                   "`make test-deps` installs it)")
+    return wrk
+
+
 def wrk_load(url: str, path: str, body: bytes, content_type: str, concurrency: int,
              seconds: float, label: str) -> dict:
     """`concurrency` keep-alive connections from wrk for `seconds` (WRK_POLICY): images/s of the
@@ -131,10 +140,7 @@ def wrk_load(url: str, path: str, body: bytes, content_type: str, concurrency: i
     wrk rather than Python threads: it costs a fraction of the CPU per request, and client and
     server share the machine's cores here, so a Python client would cap what it measures.
     """
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise LoadGeneratorMissing("wrk is not installed (Debian: apt-get install wrk; "
-                                   "`make test-deps` installs it)")
+    wrk = wrk_path()
     with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
         body_file.write(body)
         body_file.flush()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import BASELINE
 from benchmarks.checks import assert_answers_ok, cross_check, response_checker
+from benchmarks.inprocess import model_calls
 from benchmarks.load import closed_loop
 from benchmarks.targets import (
     CONTAINER_IDS,
@@ -33,7 +34,6 @@ from benchmarks.targets import (
 )
 from benchmarks.timing import latency_stats, time_calls
 from services.model import InferenceModel
-from services.preprocessing import preprocess_bytes
 from services.stages import STAGES
 from tests.support.events import make_v2_event
 
@@ -41,11 +41,9 @@ from tests.support.events import make_v2_event
 def _in_process(model: InferenceModel, png: bytes, rounds: int, warmup: int
                 ) -> tuple[dict, dict]:
     """(session.run alone, predict_bytes: decode + preprocess + run) latency stats."""
-    meta = model.metadata
-    batch = preprocess_bytes(png, meta.preprocessing)[None]  # (1, 3, 224, 224)
-    raw = time_calls(lambda: model.session.run([meta.output_name], {meta.input_name: batch}),
-                     rounds, warmup)
-    core = time_calls(lambda: model.predict_bytes(png), rounds, warmup)
+    calls = model_calls(model)
+    raw = time_calls(calls["session.run"](png), rounds, warmup)
+    core = time_calls(calls["predict_bytes"](png), rounds, warmup)
     return latency_stats(raw), latency_stats(core)
 
 

@@ -19,7 +19,7 @@ import pytest
 from benchmarks.checks import response_checker
 from benchmarks.config import ServerSetting
 from benchmarks.inprocess import CALLS, inprocess_throughput
-from benchmarks.load import WRK_POLICY, LoadGeneratorMissing, closed_loop, wrk_load
+from benchmarks.load import WRK_POLICY, LoadGeneratorMissing, closed_loop, wrk_load, wrk_path
 from benchmarks.targets import running, wait_first_ok
 from services.settings import Settings
 from tests.conftest import unavailable
@@ -43,6 +43,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.mark.container
 def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, bench_config,
                           png_224, reference, results):
+    try:
+        wrk_path()  # before the ceiling's and the container's minutes, not after
+    except LoadGeneratorMissing as exc:
+        unavailable(str(exc))
     ceiling = {call: inprocess_throughput(bench_model.file("int8"), png_224, setting, call,
                                           bench_config.throughput_seconds)
                for call in CALLS}
@@ -58,12 +62,9 @@ def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, benc
                     validate=check)
         levels = {}
         for concurrency in bench_config.concurrency:
-            try:
-                levels[str(concurrency)] = wrk_load(
-                    target.base_url, target.path, png_224, "image/png", concurrency,
-                    bench_config.throughput_seconds, label)
-            except LoadGeneratorMissing as exc:
-                unavailable(str(exc))
+            levels[str(concurrency)] = wrk_load(
+                target.base_url, target.path, png_224, "image/png", concurrency,
+                bench_config.throughput_seconds, label)
     # The layout the `http` target takes by default on this machine (services/settings.py).
     default = Settings.from_env({})
     results.set_run(default_layout=ServerSetting(default.workers, default.ort_threads,

@@ -129,9 +129,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         img.seek(0)  # animated PNG/WebP: the first frame is the patch
         img.load()
     except Exception as exc:  # noqa: BLE001 - truncated data, bad CRC, codec errors
-        raise ServiceError(
-            400, "invalid_image", f"The image data is truncated or corrupt: {exc}"
-        ) from None
+        raise _corrupt_data(exc) from None
     return img
 
 
@@ -174,7 +172,10 @@ def _verify_png_checksums(data: bytes) -> None:
 # animation (the first frame is the patch). Found by a byte search: a false match inside the
 # compressed data only sends the image to Pillow, which decodes every PNG.
 _PILLOW_ONLY_PNG_CHUNKS = (b"eXIf", b"acTL")
-_IHDR_DEPTH, _IHDR_COLOUR = 24, 25  # byte offsets in a PNG: 8 (signature) + 8 + 8, + 9
+# Byte offsets when IHDR is the first chunk, as the PNG standard requires (Pillow also opens a
+# file with another chunk first: those go to Pillow): 8 (signature) + 4 (length), then the
+# depth and colour type after the chunk type and the two 4-byte sizes.
+_IHDR_TYPE, _IHDR_DEPTH, _IHDR_COLOUR = slice(12, 16), 24, 25
 _TRUECOLOUR_8BIT = (8, 2)  # bit depth 8, colour type 2 (RGB): how MHIST patches are stored
 
 
@@ -188,16 +189,20 @@ def _decode_plain_png(data: bytes) -> Image.Image | None:
     the pixel count and every chunk's CRC, so libspng only ever sees a well-formed file; a
     failure in the pixel data is a 400 like Pillow's.
     """
-    if (data[_IHDR_DEPTH], data[_IHDR_COLOUR]) != _TRUECOLOUR_8BIT or any(
-            chunk in data for chunk in _PILLOW_ONLY_PNG_CHUNKS):
+    if (data[_IHDR_TYPE] != b"IHDR"
+            or (data[_IHDR_DEPTH], data[_IHDR_COLOUR]) != _TRUECOLOUR_8BIT
+            or any(chunk in data for chunk in _PILLOW_ONLY_PNG_CHUNKS)):
         return None
     try:
         pixels = pyspng.load(data, "RGB")  # (H, W, 3) uint8
     except Exception as exc:  # noqa: BLE001 - libspng reports every decoding error this way
-        raise ServiceError(
-            400, "invalid_image", f"The image data is truncated or corrupt: {exc}"
-        ) from None
+        raise _corrupt_data(exc) from None
     return Image.fromarray(pixels, "RGB")
+
+
+def _corrupt_data(exc: Exception) -> ServiceError:
+    """The 400 for pixel data that does not decode, whichever decoder found it."""
+    return ServiceError(400, "invalid_image", f"The image data is truncated or corrupt: {exc}")
 
 
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ServiceError:

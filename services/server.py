@@ -9,7 +9,6 @@ starts gunicorn on its unix socket with `python -m services.server --upstream un
 
 from __future__ import annotations
 
-import os
 import sys
 
 from services.settings import Settings, SettingsError
@@ -33,10 +32,11 @@ def worker_app():
     from services.app import create_app  # numpy, onnxruntime: in the worker, after the fork
     from services.errors import ModelLoadError
 
+    settings = Settings.from_env()  # main() has checked this environment already
+    prefix = "serve" if settings.target == "sagemaker" else "mhist"
     try:
         return create_app()
-    except (ModelLoadError, SettingsError) as exc:
-        prefix = "serve" if os.environ.get("SERVING_TARGET") == "sagemaker" else "mhist"
+    except ModelLoadError as exc:
         print(f"{prefix}: cannot start: {exc}", file=sys.stderr, flush=True)
         sys.exit(WORKER_BOOT_ERROR)
 

@@ -231,3 +231,24 @@ def test_a_cut_zlib_stream_with_good_checksums_is_a_400() -> None:
     with pytest.raises(ServiceError) as raised:
         decode_image(data)
     assert raised.value.status_code == 400 and "truncated or corrupt" in raised.value.message
+
+
+def test_a_png_whose_first_chunk_is_not_ihdr_is_decoded_by_pillow(monkeypatch) -> None:
+    """Pillow opens a PNG with a text chunk before IHDR; the bytes where IHDR's depth and colour
+    type would be then belong to that chunk, here crafted to read as 8-bit RGB. Such a file
+    must not reach libspng (which requires IHDR first and would refuse it): Pillow decodes it."""
+    import struct
+    import zlib
+
+    from services import preprocessing
+
+    monkeypatch.setattr(preprocessing.pyspng, "load", lambda *args: pytest.fail("libspng"))
+    out = io.BytesIO()
+    Image.fromarray(smooth_rgb(48, 48, 5)).save(out, "PNG")
+    plain = out.getvalue()
+    body = b"k\x00abcdef\x08\x02"  # bytes 24 and 25 of the file: "depth 8, colour type 2"
+    text = (struct.pack(">I", len(body)) + b"tEXt" + body
+            + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF))
+    crafted = plain[:8] + text + plain[8:]
+    assert (crafted[24], crafted[25]) == (8, 2)
+    np.testing.assert_array_equal(np.asarray(decode_image(crafted)), _pillow_pixels(plain))
