@@ -76,7 +76,7 @@ predict: setup
 	$(PY) -m services.predict --format text --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
 
 serve: setup
-	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(PY) -m services.server
+	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(PY) -m services.runtime.server
 
 # The main job on the built-in SYNTHETIC sample, ending with the Flask service on :$(PORT).
 demo: sample train export predict serve

@@ -1,6 +1,6 @@
 """What a right answer is: every variant's probabilities against the ONNX FP32 reference.
 
-The reference is the exported FP32 file run by the serving core (services.model) on the same
+The reference is the exported FP32 file run by the serving core (services.core.model) on the same
 images. A variant answers rightly when, on every check image,
 - each class probability is within its precision's tolerance of the reference's, and
 - its label is the reference's label wherever the reference's P(positive) is further than that
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.load import Response
-from services.model import InferenceModel
+from services.core.model import InferenceModel
 
 # Largest |Δp| allowed per class probability against the ONNX FP32 reference. FP32 variants
 # differ only by the order of float operations (export's own parity gate is 1e-4 too); an
@@ -160,7 +160,7 @@ def cross_check(send, reference: Reference, images: Sequence, precision: str) ->
 
 
 def logits_to_probabilities(logits: Sequence[float], classes: Sequence[str]) -> dict[str, float]:
-    """One row of logits → class → probability (float64 softmax, as services.model)."""
+    """One row of logits → class → probability (float64 softmax, as services.core.model)."""
     row = np.asarray(logits, dtype=np.float64)
     exp = np.exp(row - row.max())
     return {c: float(p) for c, p in zip(classes, exp / exp.sum(), strict=True)}

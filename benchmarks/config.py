@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from services.settings import default_threads
+from services.core.cpus import default_threads
 
 MODES = ("quick", "full")
 # What a user may skip, and what each name covers.

@@ -241,8 +241,8 @@ def bench_model(bench_config: BenchConfig, results: ResultStore,
     tracking_uri = json.loads(marker.read_text())["tracking_uri"]
     export_report = json.loads((work / "onnx" / "export_report.json").read_text())
     version = export_report["source"]["registered_version"]
-    from services.metadata import ModelMetadata
-    from services.model import InferenceModel
+    from services.core.metadata import ModelMetadata
+    from services.core.model import InferenceModel
 
     meta: ModelMetadata = InferenceModel(work / "onnx" / "model.onnx", threads=1).metadata
     results.set_run(model={"uri": f"models:/mhist-resnet18/{version}", "cached": cached,

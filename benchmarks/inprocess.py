@@ -23,9 +23,9 @@ _WARMUP_CALLS = 5
 
 
 def model_calls(model) -> dict[str, Callable[[bytes], Callable[[], object]]]:
-    """call name (CALLS) → png → a no-argument call on `model` (services.model.InferenceModel):
+    """call name (CALLS) → png → a no-argument call on `model` (services.core.model.InferenceModel):
     what section 2 times one call at a time and this module times in a server's layout."""
-    from services.preprocessing import preprocess_bytes
+    from services.core.preprocessing import preprocess_bytes
 
     meta = model.metadata
 
@@ -38,7 +38,7 @@ def model_calls(model) -> dict[str, Callable[[bytes], Callable[[], object]]]:
 
 
 def _call(model_path: str, png: bytes, ort_threads: int, what: str) -> Callable[[], object]:
-    from services.model import InferenceModel
+    from services.core.model import InferenceModel
 
     return model_calls(InferenceModel(model_path, threads=ort_threads))[what](png)
 

@@ -14,6 +14,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from services.core.cpus import usable_cpus
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Flags that decide how fast INT8 (u8×s8 dot products) runs: VNNI on x86, dot product on ARM.
 INT8_FLAGS = {
@@ -81,13 +83,6 @@ THREADING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_")
 # A run is "busy" when the 1-minute load average at its start is above this share of the
 # usable CPUs: other jobs then take CPU time from every row.
 BUSY_LOAD_PER_CPU = 0.5
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def load_average() -> list[float] | None:

@@ -7,8 +7,8 @@ time.monotonic() before spawning, and the monotonic clock is shared by all proce
 `done_at - spawned_at` is process start → first prediction. Nothing heavy is imported at the
 top of this file: each target imports exactly what its real process would.
 
-TARGET: ort (services.model core); every serving target of services/targets.py, by protocol —
-an `http` one is the one app (services.app.create_app with the entry's settings target, its
+TARGET: ort (services.core.model core); every serving target of services/targets.py, by protocol —
+an `http` one is the one app (services.web.app.create_app with the entry's settings target, its
 model resolved from its model folder by the SageMaker adapter when the entry mounts one) and
 its test client POSTing to the entry's predict_path; a `lambda-runtime` one is the Lambda
 adapter's handler (services.adapters.aws_lambda.make_handler: INIT) invoked with an API
@@ -33,7 +33,7 @@ TARGETS = (*ONNX_PROBES, *TORCH_PROBES)
 
 
 def _ort(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
-    from services.model import InferenceModel
+    from services.core.model import InferenceModel
 
     marks["imported_at"] = time.monotonic()
     model = InferenceModel(args.model, threads=args.threads)
@@ -42,7 +42,7 @@ def _ort(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
 
 
 def _app_config(args: argparse.Namespace) -> dict:
-    """Settings overrides (services.settings field names) for the target's app: its settings
+    """Settings overrides (services.web.settings field names) for the target's app: its settings
     target, the model and the thread count. A target that mounts its model folder gets the
     file and sha256 resolved as its container does (services.adapters.sagemaker); the caller
     then passes a file inside that folder."""
@@ -58,7 +58,7 @@ def _app_config(args: argparse.Namespace) -> dict:
 
 
 def _http_app(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
-    from services.app import create_app
+    from services.web.app import create_app
 
     marks["imported_at"] = time.monotonic()
     app = create_app(_app_config(args))
@@ -101,7 +101,7 @@ def _no_driver(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
 def _torch_eager(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
     import torch
 
-    from services.preprocessing import PreprocessSpec, preprocess_bytes
+    from services.core.preprocessing import PreprocessSpec, preprocess_bytes
     from training.checkpoint import load_checkpoint
 
     marks["imported_at"] = time.monotonic()
@@ -120,7 +120,7 @@ def _torchscript(args: argparse.Namespace, image: bytes, marks: dict) -> dict:
     sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "baseline"))
     from app import load_torchscript, predict
 
-    from services.preprocessing import PreprocessSpec, preprocess_bytes
+    from services.core.preprocessing import PreprocessSpec, preprocess_bytes
 
     marks["imported_at"] = time.monotonic()
     torch.set_num_threads(args.threads)

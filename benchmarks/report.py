@@ -184,7 +184,7 @@ def _header(data: dict) -> str:
            if stripped else "none were set in this run's environment"),
         f"- **HTTP client**: {run.get('http_connection_policy', 'not recorded')}",
         "- **Answers**: every variant's answers on the check images are compared with the ONNX "
-        "FP32 file's, run by services.model: each probability within "
+        "FP32 file's, run by services.core.model: each probability within "
         + ", ".join(f"{v:g} ({PRECISION_NAMES.get(k, k)})" for k, v in tolerances.items())
         + ", and the same label wherever the reference's probability is further than that from "
         "the threshold. A wrong answer fails the benchmark.",
@@ -449,7 +449,7 @@ def _stage_table(http: dict) -> list[str]:
     """Mean ms per stage of the timed predictions, from each container's mhist_stage_seconds
     histogram; the rest of the mean latency is outside the handler (the socket, the front
     server, WSGI, the Lambda runtime client) and the client."""
-    from services.stages import STAGES
+    from services.core.stages import STAGES
 
     rows = []
     for key, rec in _http_rows(http):
@@ -471,7 +471,7 @@ def _stage_table(http: dict) -> list[str]:
 # --- 3. throughput ---------------------------------------------------------------------------
 
 def _default_label(run: dict, machine: dict) -> str:
-    """The `http` target's default layout, as services/settings.py gave it during the run."""
+    """The `http` target's default layout, as services/web/settings.py gave it during the run."""
     if run.get("default_layout"):
         return run["default_layout"]
     cpus = machine.get("usable_cpus") or 1
@@ -555,7 +555,7 @@ def throughput_goals(tp: dict) -> list[str]:
 
 def throughput_verdict(tp: dict, default: str) -> str:
     """Peak images/s of each layout (over the concurrency levels), the winner, and how the
-    default layout of services/settings.py compares; plus the lowest single-request p50."""
+    default layout of services/web/settings.py compares; plus the lowest single-request p50."""
     peaks = {}
     for label, rec in tp.items():
         level, best = max(rec["levels"].items(),
@@ -568,7 +568,7 @@ def throughput_verdict(tp: dict, default: str) -> str:
                        in peaks.items())
     text = f"**Verdict**: peak images/s — {listed}. Most throughput: **{winner}**"
     if default == winner:
-        text += ", which is the default layout (services/settings.py) on this machine"
+        text += ", which is the default layout (services/web/settings.py) on this machine"
     elif default in peaks:
         text += (f"; the default layout {default} reaches "
                  f"{_ratio(peaks[default][0], peaks[winner][0])} of it")
@@ -592,7 +592,7 @@ def process_label(key: str) -> str:
         return "torch (TorchScript, frozen at load)"
     probe, _, precision = name.rpartition("-")
     if probe == "ort":
-        what = "ORT core (services.model)"
+        what = "ORT core (services.core.model)"
     elif probe in TARGETS and TARGETS[probe].protocol == "lambda-runtime":
         what = f"{_target_name(probe)}: make_handler (INIT) + invoke"
     elif probe in TARGETS:
@@ -677,7 +677,7 @@ def _coldstart_section(data: dict) -> str:
 
 def _phase_table(cold: dict) -> list[str]:
     """Medians of each image's start-up phases, from its own start-up and access log lines
-    (services/startup.py; benchmarks/test_coldstart.py says what each phase holds)."""
+    (services/web/startup.py; benchmarks/test_coldstart.py says what each phase holds)."""
     rows = [[container_label(key.split("/", 1)[1]),
              *[_num(rec["phases_median"].get(name), 3) for name, _ in PHASES]]
             for key, rec in cold.items()

@@ -6,7 +6,7 @@
 
 is one run, in a process of its own: `services.slides.run.analyse_slide` — the CLI's core, the
 same function `python -m services.slides` calls — over one slide with one model. The ONNX
-variants pass it `services.model.InferenceModel`; the PyTorch variant passes an object that
+variants pass it `services.core.model.InferenceModel`; the PyTorch variant passes an object that
 has the same `predict_images`/`predict_array` (InferenceModel's own functions, so the same
 preprocessing, softmax and threshold rule) with frozen TorchScript of training's checkpoint
 computing the logits (the process imports onnxruntime too, as services.slides.run does, but
@@ -59,7 +59,7 @@ class SlideVariant:
 
 SLIDE_VARIANTS = {v.name: v for v in (
     SlideVariant("ort-int8", "ONNX Runtime INT8", "onnxruntime", "int8",
-                 "services.model.InferenceModel on the exported QDQ INT8 file, as "
+                 "services.core.model.InferenceModel on the exported QDQ INT8 file, as "
                  "`python -m services.slides` runs it (intra-op N, inter-op 1, no spinning)"),
     SlideVariant("ort-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32",
                  "as INT8, on the exported FP32 file"),
@@ -122,8 +122,8 @@ class TorchTileModel:
 
     def __init__(self, checkpoint: Path, metadata, threads: int) -> None:
         from benchmarks.variants import BUILDERS
-        from services.files import sha256_file
-        from services.model import InferenceModel
+        from services.core.files import sha256_file
+        from services.core.model import InferenceModel
 
         size = metadata.preprocessing.size
         args = argparse.Namespace(checkpoint=checkpoint, threads=threads)
@@ -141,11 +141,11 @@ class TorchTileModel:
 
 def _load_model(args: argparse.Namespace):
     if SLIDE_VARIANTS[args.variant].runtime == "torch":
-        from services.metadata import ModelMetadata
+        from services.core.metadata import ModelMetadata
 
         metadata = ModelMetadata.from_props(json.loads(Path(args.metadata).read_text()))
         return TorchTileModel(args.checkpoint, metadata, args.threads)
-    from services.model import InferenceModel
+    from services.core.model import InferenceModel
 
     return InferenceModel(args.onnx, threads=args.threads)
 

@@ -149,7 +149,7 @@ def lambda_response(invocation, seconds: float) -> Response:
 
 def server_env(threads: int, workers: int = 1) -> dict[str, str]:
     """One gunicorn worker with `threads` ORT intra-op threads, in the variables every HTTP
-    target reads (services/settings.py); gunicorn threads stay at the target's default (1;
+    target reads (services/web/settings.py); gunicorn threads stay at the target's default (1;
     SageMaker 2, so /ping answers while an invocation runs)."""
     return {"WEB_CONCURRENCY": str(workers), "ORT_INTRA_OP_THREADS": str(threads)}
 

@@ -8,7 +8,7 @@ does). Every probe starts with the production environment (machine.production_en
 Container: `podman run` → first 200 (HTTP targets with each file, PyTorch baseline) / first
 Lambda response, polling with the real prediction request; against the floor, `podman run` of
 the base image with `python -c pass`, measured in the same run. The ONNX images' start-up line
-(services/startup.py) and first access line split that time into phases (see _phases).
+(services/web/startup.py) and first access line split that time into phases (see _phases).
 The first prediction of every probe and container is compared with the ONNX FP32 reference.
 
 Warm page cache: every run after the first finds the files in memory, as a restarted or

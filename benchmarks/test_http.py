@@ -33,8 +33,8 @@ from benchmarks.targets import (
     wait_first_ok,
 )
 from benchmarks.timing import latency_stats, time_calls
-from services.model import InferenceModel
-from services.stages import STAGES
+from services.core.model import InferenceModel
+from services.core.stages import STAGES
 from tests.support.events import make_v2_event
 
 

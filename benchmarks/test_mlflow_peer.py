@@ -6,7 +6,7 @@ client (benchmarks.load.CONNECTION_POLICY).
 - `mlflow models serve` of the benchmark's FP32 ONNX file (onnx flavour, session options as
   ours): against our server with the same file, this is "our server vs MLflow's" apart from
   "ORT vs torch";
-- our service (`python -m services.server`, gunicorn) with the FP32 and with the INT8 file.
+- our service (`python -m services.runtime.server`, gunicorn) with the FP32 and with the INT8 file.
 
 Each takes the request it is built for (PEERS[…]["request"], in the report beside its
 numbers): MLflow the preprocessed tensor as JSON (`{"inputs": …}`, its signature), ours the
@@ -41,8 +41,8 @@ from benchmarks.checks import (
 from benchmarks.load import Client, Response, closed_loop
 from benchmarks.machine import production_env
 from benchmarks.probe import REPO_ROOT
-from services.model import InferenceModel
-from services.preprocessing import preprocess_bytes
+from services.core.model import InferenceModel
+from services.core.preprocessing import preprocess_bytes
 from tests.conftest import unavailable
 from tests.support.containers import free_port
 
@@ -255,7 +255,7 @@ def test_our_server_host_process(precision, bench_model, bench_config, reference
     port = free_port()
     name = f"ours-{precision}"
     record = _serve(
-        name, [str(VENV_BIN / "python"), "-m", "services.server"],
+        name, [str(VENV_BIN / "python"), "-m", "services.runtime.server"],
         production_env({"MODEL_PATH": str(bench_model.file(precision)), "PORT": str(port),
                         "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1",
                         "ORT_INTRA_OP_THREADS": str(bench_config.threads)}), port,

@@ -22,8 +22,8 @@ from benchmarks.checks import answer_problem, assert_answers_ok
 from benchmarks.machine import production_env
 from benchmarks.timing import latency_stats, median, time_calls
 from benchmarks.variants import VARIANTS, measure
-from services.model import InferenceModel
-from services.preprocessing import preprocess_bytes
+from services.core.model import InferenceModel
+from services.core.preprocessing import preprocess_bytes
 from tests.conftest import unavailable
 
 # Not a dependency of the project: PyTorch's INT8 path runs where it is installed.

@@ -30,7 +30,7 @@ import pytest
 from benchmarks.machine import load_average, production_env, settle, usable_cpus
 from benchmarks.slides import REFERENCE, SLIDE_VARIANTS, agreement, read_tiles, write_slide
 from benchmarks.timing import median
-from services.model import InferenceModel
+from services.core.model import InferenceModel
 from tests.conftest import REPO_ROOT, unavailable
 
 # (1× side, 4× side) in level-0 pixels, tiles per inference call, timed rounds on the 1× slide.

@@ -21,7 +21,7 @@ from benchmarks.config import ServerSetting
 from benchmarks.inprocess import CALLS, inprocess_throughput
 from benchmarks.load import WRK_POLICY, LoadGeneratorMissing, closed_loop, wrk_load, wrk_path
 from benchmarks.targets import running, wait_first_ok
-from services.settings import Settings
+from services.web.settings import Settings
 from tests.conftest import unavailable
 
 
@@ -65,7 +65,7 @@ def test_flask_throughput(setting: ServerSetting, onnx_images, bench_model, benc
             levels[str(concurrency)] = wrk_load(
                 target.base_url, target.path, png_224, "image/png", concurrency,
                 bench_config.throughput_seconds, label)
-    # The layout the `http` target takes by default on this machine (services/settings.py).
+    # The layout the `http` target takes by default on this machine (services/web/settings.py).
     default = Settings.from_env({})
     results.set_run(default_layout=ServerSetting(default.workers, default.ort_threads,
                                                  default.threads).label,

@@ -65,7 +65,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "activations, s8 per-channel weights) → 32 training images of calibration → "
             "`torch.compile` (inductor, freezing)", ("torch", "torchao")),
     Variant("ort-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32",
-            "services.model.InferenceModel: intra-op N, inter-op 1, sequential, spinning off",
+            "services.core.model.InferenceModel: intra-op N, inter-op 1, sequential, spinning off",
             ("onnxruntime",)),
     Variant("ort-int8", "ONNX Runtime INT8", "onnxruntime", "int8",
             "as ORT FP32, on the exported QDQ INT8 file", ("onnxruntime",)),
@@ -162,7 +162,7 @@ def _pt2e_int8(args, data) -> tuple[Runner, list[str]]:
 
 def _ort(path_attr: str):
     def build(args, data) -> tuple[Runner, list[str]]:
-        from services.model import InferenceModel
+        from services.core.model import InferenceModel
 
         model = InferenceModel(getattr(args, path_attr), threads=args.threads)
         meta = model.metadata

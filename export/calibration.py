@@ -32,9 +32,9 @@ from sklearn.metrics import brier_score_loss
 
 from export.convert import ExportError, read_metadata, write_metadata
 from export.evaluate import load_batch
-from services.metadata import ModelMetadata, calibrated_threshold
-from services.model import InferenceModel
-from services.preprocessing import PreprocessSpec
+from services.core.metadata import ModelMetadata, calibrated_threshold
+from services.core.model import InferenceModel
+from services.core.preprocessing import PreprocessSpec
 
 ECE_BINS = 15
 # T outside this range means the logits carry no usable scale (or the split is separable and

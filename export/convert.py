@@ -9,7 +9,7 @@ import onnx
 import torch
 
 from export.features import with_features
-from services.metadata import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
+from services.core.metadata import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 
 OPSET = 18
 

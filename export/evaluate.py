@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from export.convert import ExportError
-from services.model import InferenceModel, softmax
-from services.preprocessing import PreprocessSpec, preprocess_bytes
+from services.core.model import InferenceModel, softmax
+from services.core.preprocessing import PreprocessSpec, preprocess_bytes
 from training.metrics import agreement_metrics, binary_metrics, format_agreement
 
 

@@ -1,6 +1,7 @@
 """The training images' input quality ranges, recorded at export as `mhist.quality`.
 
-Serving (services/quality.py) measures focus, tissue fraction and stain on every upload and warns
+Serving (services/core/quality.py)
+measures focus, tissue fraction and stain on every upload and warns
 when a value falls outside these ranges. They are learned from the images training fit on (the
 `train` partition minus the validation split, export/splits.py), measured exactly as serving
 measures them (the model's own resize and centre crop), and checked on the validation split:
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.preprocessing import PreprocessSpec, resize_and_crop, to_rgb
-from services.quality import (
+from services.core.preprocessing import PreprocessSpec, resize_and_crop, to_rgb
+from services.core.quality import (
     OD_CHANNELS,
     STAINS,
     WARNING_CODES,

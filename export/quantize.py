@@ -22,7 +22,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from services.preprocessing import PreprocessSpec, preprocess_bytes
+from services.core.preprocessing import PreprocessSpec, preprocess_bytes
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,11 @@ from export.splits import (
     ExportSplits,
     training_splits,
 )
-from services.files import sha256_file
-from services.metadata import ModelMetadata
-from services.model import InferenceModel
-from services.preprocessing import PreprocessSpec
-from services.quality import QualityRanges
+from services.core.files import sha256_file
+from services.core.metadata import ModelMetadata
+from services.core.model import InferenceModel
+from services.core.preprocessing import PreprocessSpec
+from services.core.quality import QualityRanges
 from training import input_mpp
 from training.data import DatasetError, load_annotations
 from training.provenance import DEFAULT_TRACKING_URI, check_tracking_reachable, git_commit

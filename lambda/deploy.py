@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from awsdeploy import aws
 from awsdeploy.aws import Plan
-from services.settings import S3Location, Settings, SettingsError, s3_location
+from services.web.settings import S3Location, Settings, SettingsError, s3_location
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

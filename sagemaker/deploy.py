@@ -32,7 +32,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError, WaiterError
 
 from awsdeploy import aws
-from services.files import sha256_file
+from services.core.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENDPOINT = "mhist"

@@ -8,7 +8,7 @@
 The archive holds, at its root (SageMaker extracts it into /opt/ml/model):
     model.onnx      the self-describing ONNX file, unchanged
     manifest.json   model_file, sha256, size_bytes, where it came from, the model's metadata
-Before writing, the staged model.onnx is loaded with the serving core (services.model), the
+Before writing, the staged model.onnx is loaded with the serving core (services.core.model), the
 same check the container runs at start-up, so an archive this script writes is one `serve`
 accepts. The archive is byte-reproducible (sorted members, zero mtimes and owners), so the same
 model gives the same S3 object.
@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 from services.adapters.sagemaker import MANIFEST_FILE, MODEL_FILE
-from services.errors import ModelLoadError
-from services.files import sha256_file
-from services.model import InferenceModel
+from services.core.errors import ModelLoadError
+from services.core.files import sha256_file
+from services.core.model import InferenceModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ONNX = REPO_ROOT / "artifacts" / "model.int8.onnx"

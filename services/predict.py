@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from services.errors import ModelLoadError
-from services.model import InferenceModel
+from services.core.errors import ModelLoadError
+from services.core.model import InferenceModel
 
 
 def human_line(path: Path, result: dict) -> str:

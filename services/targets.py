@@ -1,7 +1,7 @@
 """The one registry of serving targets: image builds, benchmarks and tests read it.
 
 A new target is one entry here plus its adapter (services/adapters/) and its folder (Dockerfile,
-entry file, deploy script). Every target serves the same app (services/app.py); an entry says
+entry file, deploy script). Every target serves the same app (services/web/app.py); an entry says
 only how the platform starts it and how bytes reach it.
 """
 

@@ -70,7 +70,7 @@ def test_no_import_cycle_in_services() -> None:
             visit(child, [*trail, node])
         state[node] = "done"
 
-    assert graph.get("services.app")
+    assert graph.get("services.web.app")
     for module in sorted(graph):
         visit(module, [])
 
@@ -100,3 +100,60 @@ def test_platform_entry_files_only_delegate() -> None:
         code = [line for line in path.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
         assert len(code) <= 12, f"{path} has {len(code)} lines; keep the entry file thin"
+
+
+# The floor plan, bottom up: a package imports only from its own floor and the floors below.
+# core: the ONNX inference core (no web framework, no slides); slides: tiling, a client of the
+# core; web: the one Flask app; adapters and runtime: platforms and process supervision.
+# Top-level modules (the CLI `services.predict`, the image registry `services.targets`, the
+# public `services.app` name) sit above everything.
+FLOORS = {"core": 0, "slides": 1, "web": 2, "adapters": 3, "runtime": 3}
+WEB_FRAMEWORKS = ("flask", "werkzeug", "gunicorn", "prometheus_client", "apig_wsgi")
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FLOORS) else None
+
+
+def test_every_serving_module_lives_on_a_floor() -> None:
+    loose = {name for name in services_graph() if name.count(".") == 1 and package_of(name) is None}
+    assert loose == {"services.app", "services.predict", "services.targets"}
+
+
+def test_imports_point_down_the_floors() -> None:
+    upward = []
+    for module, targets in services_graph().items():
+        floor = package_of(module)
+        if floor is None:
+            continue
+        for target in targets:
+            other = package_of(target)
+            if target != "services" and (other is None or (
+                    other != floor and FLOORS[other] >= FLOORS[floor])):
+                upward.append(f"{module} -> {target}")
+    assert upward == []
+
+
+def test_the_core_knows_no_web_framework() -> None:
+    """training/ and export/ import the core; it must not pull Flask or gunicorn with it."""
+    offenders = {module_name(path): sorted(m for m in imports(path)
+                                           if m.split(".")[0] in WEB_FRAMEWORKS)
+                 for path in (SERVICES / "core").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_training_and_export_use_only_the_core() -> None:
+    used = {m for folder in ("training", "export") for path in (REPO_ROOT / folder).rglob("*.py")
+            for m in imports(path) if m.startswith("services.")}
+    assert used and all(m.startswith("services.core.") for m in used), sorted(used)
+
+
+def test_one_inference_entry_counts_every_prediction() -> None:
+    """Only services/web/inference.py calls the model's predict methods from the web layer and
+    the adapters, so every prediction reaches the metrics."""
+    callers = sorted(str(path.relative_to(REPO_ROOT))
+                     for folder in ("web", "adapters") for path in (SERVICES / folder).rglob("*.py")
+                     if any(f".{verb}(" in path.read_text()
+                            for verb in ("predict_bytes", "predict_many", "predict_arrays")))
+    assert callers == ["services/web/inference.py"]

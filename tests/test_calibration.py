@@ -32,9 +32,9 @@ from export.calibration import (
 )
 from export.convert import ExportError, read_metadata, write_metadata
 from export.splits import training_splits
-from services.errors import ModelLoadError
-from services.metadata import calibrated_threshold
-from services.model import InferenceModel, softmax
+from services.core.errors import ModelLoadError
+from services.core.metadata import calibrated_threshold
+from services.core.model import InferenceModel, softmax
 from tests.conftest import REPO_ROOT
 from training.checkpoint import load_checkpoint
 from training.data import load_annotations

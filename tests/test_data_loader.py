@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services.preprocessing import PreprocessSpec, preprocess
+from services.core.preprocessing import PreprocessSpec, preprocess
 from training.data import (
     Augment,
     DatasetError,

@@ -1,4 +1,4 @@
-"""Explanations computed in ONNX Runtime (services/explain.py) against torch, across precisions
+"""Explanations computed in ONNX Runtime (services/core/explain.py) against torch, across precisions
 and across every serving target.
 
 The model is the session fixture exported by the real pipeline (tests/conftest.py): a ResNet18
@@ -19,12 +19,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from services.app import create_app
-from services.errors import ModelLoadError
-from services.explain import CUSTOM_ATTRIBUTES, cam_grid, overlay_png, upsample
-from services.metadata import PREFIX
-from services.model import InferenceModel
-from services.preprocessing import decode_image, preprocess_bytes, resize_and_crop, to_rgb
+from services.core.errors import ModelLoadError
+from services.core.explain import CUSTOM_ATTRIBUTES, cam_grid, overlay_png, upsample
+from services.core.metadata import PREFIX
+from services.core.model import InferenceModel
+from services.core.preprocessing import decode_image, preprocess_bytes, resize_and_crop, to_rgb
+from services.web.app import create_app
 from tests.conftest import unavailable
 from tests.support.corpus import small_png
 from tests.support.targets import all_targets
@@ -88,7 +88,7 @@ def torch_model(checkpoint: Path):
 
 def grad_cam(model, batch: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al.) at layer4 with torch autograd → (N, h, w), scaled as served:
-    ReLU over the map's largest magnitude (services/explain.py `cam_grid`)."""
+    ReLU over the map's largest magnitude (services/core/explain.py `cam_grid`)."""
     import torch
 
     kept: dict = {}

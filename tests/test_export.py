@@ -23,8 +23,8 @@ from PIL import Image
 from export.convert import ExportError, export_fp32, read_metadata, write_metadata
 from export.evaluate import accuracy_gate, check_parity, load_batch
 from export.splits import training_splits
-from services.model import InferenceModel
-from services.preprocessing import PreprocessSpec
+from services.core.model import InferenceModel
+from services.core.preprocessing import PreprocessSpec
 from tests.conftest import REPO_ROOT
 from training.checkpoint import load_checkpoint
 from training.data import Record, load_annotations
@@ -314,7 +314,7 @@ def test_missing_registered_model_is_a_clear_cli_error(tmp_path: Path, sample_di
 
 def test_calibration_reader_feeds_the_serving_preprocessing(sample_dir: Path) -> None:
     from export.quantize import ImageCalibrationReader, pick_calibration_images
-    from services.preprocessing import preprocess_bytes
+    from services.core.preprocessing import preprocess_bytes
 
     paths = sorted((sample_dir / "images").glob("*.png"))
     picked = pick_calibration_images(paths, 5, seed=3)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.model import InferenceModel
+from services.core.model import InferenceModel
 from tests.support.containers import run_container
 from tests.support.events import EVENT_BUILDERS, make_v2_event
 from tests.support.images import built_image

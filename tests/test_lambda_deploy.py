@@ -305,7 +305,7 @@ def assert_template_s3_matches_deploy(document: dict) -> None:
     (policy,) = policies[1]
     deploy = load_deploy_module()
     assert policy["PolicyName"] == deploy.S3_POLICY
-    from services.settings import s3_location
+    from services.web.settings import s3_location
 
     expected = deploy.s3_policy(s3_location("s3://a-b/in/"), s3_location("s3://c-d/out/"), "aws")
     got = policy["PolicyDocument"]["Statement"]

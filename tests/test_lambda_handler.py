@@ -14,11 +14,11 @@ from types import ModuleType
 import pytest
 
 from services.adapters.aws_lambda import app_of, event_shape
-from services.app import create_app
-from services.errors import ModelLoadError
-from services.hooks import access_log
-from services.settings import LAMBDA_MAX_CONTENT_LENGTH, SettingsError
-from services.state import runtime
+from services.core.errors import ModelLoadError
+from services.web.app import create_app
+from services.web.hooks import access_log
+from services.web.settings import LAMBDA_MAX_CONTENT_LENGTH, SettingsError
+from services.web.state import runtime
 from tests.support.events import (
     EVENT_BUILDERS,
     make_alb_event,

@@ -24,9 +24,9 @@ import pytest
 from awsdeploy.containers import image_size_bytes
 from services.adapters.aws_lambda import make_handler
 from services.adapters.s3_events import META_ETAG, META_MODEL, S3RetryableError
-from services.app import create_app
-from services.files import sha256_file
-from services.hooks import access_log, error_log
+from services.core.files import sha256_file
+from services.web.app import create_app
+from services.web.hooks import access_log, error_log
 from tests.support.containers import free_port, run_container
 from tests.support.images import built_image
 from tests.support.lambda_local import LambdaContext
@@ -179,6 +179,22 @@ def test_result_equals_predict_and_redelivery_writes_nothing(
     summaries = [x for x in log_lines if x["event"] == "s3_invocation"]
     assert [s["outcomes"] for s in summaries] == [{"predicted": 1}, {"duplicate": 1},
                                                   {"duplicate": 1}]
+
+
+@pytest.mark.aws
+def test_s3_predictions_reach_the_metrics(model_int8_path, buckets, sample_image_bytes):
+    """The S3 flow runs through the app's one inference entry: /metrics counts its images."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    handler = s3_handler(model_int8_path, buckets)
+    handler(buckets.put("incoming/counted.png", sample_image_bytes), LambdaContext())
+    handler(buckets.put("incoming/refused.png", b"not an image"), LambdaContext())
+    exposition = handler.app.test_client().get("/metrics").get_data(as_text=True)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(exposition) for s in family.samples}
+    assert samples[("mhist_images_total", (("outcome", "predicted"),))] == 1
+    assert samples[("mhist_images_total", (("outcome", "rejected"),))] == 1
+    assert samples[("mhist_inference_duration_seconds_count", (("endpoint", "s3"),))] == 1
 
 
 @pytest.mark.aws

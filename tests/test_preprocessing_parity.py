@@ -1,6 +1,6 @@
 """services' numpy + Pillow preprocessing == torchvision's eval transform, within 1e-6.
 
-torchvision's path: decode → services.preprocessing.to_rgb (colour-mode handling is ours by
+torchvision's path: decode → services.core.preprocessing.to_rgb (colour-mode handling is ours by
 design) → T.Resize(shorter side) → T.CenterCrop → T.ToTensor → T.Normalize. The services path is
 preprocess_bytes(), exactly what every serving target and the training evaluation run.
 """
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from services.preprocessing import PreprocessSpec, decode_image, preprocess_bytes, to_rgb
+from services.core.preprocessing import PreprocessSpec, decode_image, preprocess_bytes, to_rgb
 
 SIZES = [(224, 224), (300, 200), (97, 451), (64, 64), (225, 224), (20, 33), (512, 130)]
 SPECS = [
@@ -144,9 +144,9 @@ LIBSPNG_DECODES = {"plain": True, "interlaced": True, "trns": True, "level0": Tr
 
 @pytest.mark.parametrize("variant", LIBSPNG_DECODES)
 def test_both_png_decoders_give_the_same_pixels(variant: str, monkeypatch) -> None:
-    """8-bit RGB PNGs go through libspng (services.preprocessing._decode_plain_png), the rest
+    """8-bit RGB PNGs go through libspng (services.core.preprocessing._decode_plain_png), the rest
     through Pillow: either way decode_image + to_rgb give Pillow's own pixels."""
-    from services import preprocessing
+    from services.core import preprocessing
 
     calls = []
     real = preprocessing.pyspng.load
@@ -216,7 +216,7 @@ def test_a_cut_zlib_stream_with_good_checksums_is_a_400() -> None:
     import struct
     import zlib
 
-    from services.errors import ServiceError
+    from services.core.errors import ServiceError
 
     pixels = smooth_rgb(64, 64, 3)
     raw = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(64, -1))
@@ -240,7 +240,7 @@ def test_a_png_whose_first_chunk_is_not_ihdr_is_decoded_by_pillow(monkeypatch) -
     import struct
     import zlib
 
-    from services import preprocessing
+    from services.core import preprocessing
 
     monkeypatch.setattr(preprocessing.pyspng, "load", lambda *args: pytest.fail("libspng"))
     out = io.BytesIO()

@@ -23,10 +23,9 @@ from PIL import Image, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.convert import read_metadata, write_metadata
-from services.app import create_app
-from services.errors import ModelLoadError
-from services.model import InferenceModel
-from services.quality import (
+from services.core.errors import ModelLoadError
+from services.core.model import InferenceModel
+from services.core.quality import (
     HED_FROM_RGB,
     RGB_FROM_HED,
     WARNING_CODES,
@@ -34,6 +33,7 @@ from services.quality import (
     laplacian_variance,
     measure,
 )
+from services.web.app import create_app
 from tests.support.targets import all_targets
 from training.data import load_annotations
 
@@ -284,7 +284,7 @@ def test_laplacian_variance_by_hand() -> None:
 
 def test_the_mask_resolution_is_the_slide_paths() -> None:
     """A patch's tissue fraction is what whole-slide inference finds for one tile."""
-    from services.quality import MASK_PX
+    from services.core.quality import MASK_PX
     from services.slides.tiling import THUMBNAIL_PX_PER_TILE
 
     assert MASK_PX == THUMBNAIL_PX_PER_TILE

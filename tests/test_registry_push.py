@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from awsdeploy import aws, containers
-from services.files import sha256_file
-from services.model import InferenceModel
+from services.core.files import sha256_file
+from services.core.model import InferenceModel
 from tests.conftest import unavailable
 from tests.support.containers import run_container
 from tests.support.events import make_v2_event

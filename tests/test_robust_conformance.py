@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.model import InferenceModel
-from services.preprocessing import preprocess_bytes, to_rgb
+from services.core.model import InferenceModel
+from services.core.preprocessing import preprocess_bytes, to_rgb
 from tests.support.corpus import GOOD_NAMES, MAX_GOOD_BYTES, good_corpus, multipart
 from tests.support.targets import Target, all_targets
 

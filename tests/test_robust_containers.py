@@ -38,7 +38,7 @@ LOAD_REQUESTS = 2000
 LOAD_CONCURRENCY = 8
 WARMUP_REQUESTS = 300
 RSS_TOLERANCE = 0.10
-FLASK_GRACE_S = 8  # services/settings.py graceful_timeout
+FLASK_GRACE_S = 8  # services/web/settings.py graceful_timeout
 SAGEMAKER_GRACE_S = 25  # sagemaker/serve GRACEFUL_TIMEOUT_S
 LOAD_NAMES = ("png-rgb-224", "jpeg-rgb-224", "webp-rgb-224", "png-rgba-256", "tiff-rgb-224",
               "bmp-rgb-224", "jpeg-exif-rotated-240x160", "png-l-300x200")

@@ -2,7 +2,8 @@
 
 - decode + preprocess: arbitrary bytes, bytes behind a real format signature, and mutated
   real PNG/JPEG/TIFF/BMP/WebP files → a (3, S, S) finite float32 array or ServiceError 4xx;
-- request decoding (services.payload): arbitrary Content-Type + body → bytes or ServiceError 4xx;
+- request decoding (services.web.payload):
+  arbitrary Content-Type + body → bytes or ServiceError 4xx;
 - the Lambda handler: arbitrary JSON-ish events, and real events with fields replaced by
   arbitrary JSON → a response dict with a 2xx-4xx statusCode, never an exception;
 - the Flask and SageMaker apps: arbitrary method/path/headers/body → never a 5xx.
@@ -25,9 +26,9 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from services.errors import ServiceError
-from services.payload import batch_images, single_image
-from services.preprocessing import PreprocessSpec, preprocess_bytes
+from services.core.errors import ServiceError
+from services.core.preprocessing import PreprocessSpec, preprocess_bytes
+from services.web.payload import batch_images, single_image
 from tests.support.corpus import encode, small_png, source_image
 from tests.support.events import EVENT_BUILDERS
 from tests.support.targets import (

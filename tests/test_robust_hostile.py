@@ -27,10 +27,10 @@ import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from services.adapters.sagemaker import model_environment, resolve_model
-from services.app import create_app
-from services.errors import ModelLoadError
-from services.model import InferenceModel
-from services.preprocessing import MAX_ASPECT_RATIO
+from services.core.errors import ModelLoadError
+from services.core.model import InferenceModel
+from services.core.preprocessing import MAX_ASPECT_RATIO
+from services.web.app import create_app
 from tests.support.corpus import (
     BAD_CASES,
     TEXT,

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from awsdeploy.containers import REPO_ROOT
 from services.adapters.aws_lambda import app_of
-from services.state import runtime
 from services.targets import TARGETS
+from services.web.state import runtime
 from tests.support.containers import run_container, wait_for_http
 from tests.support.corpus import small_png
 from tests.support.images import built_image, image_user

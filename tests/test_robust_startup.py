@@ -1,7 +1,7 @@
 """Start-up with a missing, empty, corrupt or metadata-less model: every target stops at once,
 non-zero, with one message naming the file and the problem (readiness never turns true).
 
-Real processes: gunicorn with services/gunicorn_conf.py (Flask), `sagemaker/serve`, and the
+Real processes: gunicorn with services/runtime/gunicorn_conf.py (Flask), `sagemaker/serve`, and the
 Lambda handler's INIT under the real awslambdaric against the Runtime API test server; plus
 the Flask and SageMaker containers with the broken file mounted where the image expects it.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from services.errors import ModelLoadError
+from services.core.errors import ModelLoadError
 from tests.support.containers import free_port, run_container
 from tests.support.images import built_image
 from tests.support.lambda_runtime import LambdaRuntimeServer
@@ -77,7 +77,7 @@ def test_gunicorn_refuses_to_start(kind: str, model_int8_path: Path, tmp_path: P
     port = free_port()
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "services.server"],
+        [sys.executable, "-m", "services.runtime.server"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=START_TIMEOUT,
         env=_env(MODEL_PATH=str(path), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
                  PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")))

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from services.adapters.aws_lambda import app_of
-from services.openapi import openapi_path
+from services.web.openapi import openapi_path
 from tests.support.corpus import small_png
 from tests.support.targets import (
     TARGET_NAMES,

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from services.adapters.sagemaker import resolve_model
-from services.app import create_app
-from services.model import InferenceModel
-from services.settings import Settings, SettingsError
-from services.state import runtime
+from services.core.model import InferenceModel
+from services.web.app import create_app
+from services.web.settings import Settings, SettingsError
+from services.web.state import runtime
 from tests.support.containers import free_port
 from tests.support.sagemaker_files import (
     REPO_ROOT,

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from awsdeploy import containers
-from services.app import create_app as create_flask_app
+from services.web.app import create_app as create_flask_app
 from tests.support.containers import free_port, run_container, start_container, wait_for_http
 from tests.support.images import built_image
 from tests.support.sagemaker_files import package_and_extract

@@ -20,9 +20,9 @@ from openapi_spec_validator import validate
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.app import create_app
-from services.errors import ModelLoadError
-from services.model import InferenceModel
+from services.core.errors import ModelLoadError
+from services.core.model import InferenceModel
+from services.web.app import create_app
 
 TOKEN = "s3cret-token"
 ABS_TOL = 1e-6

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from services.app import create_app
+from services.web.app import create_app
 from tests.conftest import REPO_ROOT, unavailable
 
 pytestmark = pytest.mark.browser

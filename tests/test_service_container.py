@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from awsdeploy import containers
-from services.model import InferenceModel
+from services.core.model import InferenceModel
 from tests.support.containers import image_healthcheck, run_container, wait_for_http
 from tests.support.images import built_image
 

@@ -1,7 +1,7 @@
 """The service under a real gunicorn on 127.0.0.1: graceful SIGTERM, several workers, start-up.
 
 Run exactly as documented:
-    MODEL_PATH=... gunicorn -c python:services.gunicorn_conf "services.app:create_app()"
+    MODEL_PATH=... gunicorn -c python:services.runtime.gunicorn_conf "services.web.app:create_app()"
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.model import InferenceModel
+from services.core.model import InferenceModel
 from tests.support.containers import free_port, wait_for_http
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GUNICORN = [sys.executable, "-m", "services.server"]
+GUNICORN = [sys.executable, "-m", "services.runtime.server"]
 
 
 @dataclass

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from services.settings import Settings, SettingsError, default_threads, variables
+from services.core.cpus import default_threads
+from services.web.settings import Settings, SettingsError, variables
 from tests.conftest import REPO_ROOT
 
 BAD_VALUES = {  # variable → a value it must refuse
@@ -102,7 +103,8 @@ def test_readme_table_lists_every_variable() -> None:
 
 def test_gunicorn_refuses_a_bad_setting_in_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.server"], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "services.runtime.server"], cwd=REPO_ROOT, capture_output=True,
+        text=True,
         timeout=60, env={"PATH": "/usr/bin:/bin", "WEB_CONCURRENCY": "abc",
                          "MODEL_PATH": "/nonexistent.onnx"})
     assert result.returncode == 1

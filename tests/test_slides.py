@@ -22,13 +22,13 @@ import openslide
 import pytest
 from PIL import Image
 
-from services.app import create_app
-from services.files import sha256_file
-from services.metadata import DEFAULT_MPP, ModelMetadata
-from services.model import InferenceModel
+from services.core.files import sha256_file
+from services.core.metadata import DEFAULT_MPP, ModelMetadata
+from services.core.model import InferenceModel
+from services.core.tissue import otsu_threshold
 from services.slides.outputs import OVERLAY_ALPHA, colormap, probability_column
 from services.slides.reader import choose_level
-from services.slides.tissue import otsu_threshold
+from services.web.app import create_app
 from tests.conftest import REPO_ROOT
 from tests.support.slides import SLIDE_LAYOUT, tissue_canvas, write_pyramid
 
@@ -318,7 +318,7 @@ def test_metadata_carries_the_models_scale(client, model_int8_path: Path) -> Non
 
 def test_mpp_is_set_at_training_and_export() -> None:
     from export.to_onnx import _model_mpp
-    from services.preprocessing import PreprocessSpec
+    from services.core.preprocessing import PreprocessSpec
     from training.train import config_from_args, get_args_parser
 
     parse = get_args_parser().parse_args
@@ -337,7 +337,7 @@ def test_otsu_splits_two_populations() -> None:
 
 
 def test_the_serving_app_needs_neither_openslide_nor_tqdm() -> None:
-    code = ("import sys, services.app, services.routes.region; "
+    code = ("import sys, services.web.app, services.web.routes.region; "
             "print(sorted({'openslide', 'tqdm', 'torch'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from awsdeploy import containers, images
-from services.files import sha256_file
+from services.core.files import sha256_file
 from services.targets import TARGETS
 from tests.conftest import REPO_ROOT
 from tests.support.slides import tissue_canvas, write_pyramid

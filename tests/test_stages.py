@@ -1,4 +1,4 @@
-"""Per-request stage timings (services/stages.py) and their histogram on /metrics.
+"""Per-request stage timings (services/core/stages.py) and their histogram on /metrics.
 
 The model is the fixture exported by the real pipeline (tests/conftest.py); only counts and
 the nesting arithmetic are asserted, never a duration.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.app import create_app
-from services.model import InferenceModel
-from services.stages import STAGES, collect, stage
+from services.core.model import InferenceModel
+from services.core.stages import STAGES, collect, stage
+from services.web.app import create_app
 
 
 def test_nested_stage_time_is_not_counted_twice():

@@ -28,7 +28,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from services.preprocessing import PreprocessSpec, preprocess
+from services.core.preprocessing import PreprocessSpec, preprocess
 from training.checkpoint import load_checkpoint, load_from_mlflow, save_checkpoint
 from training.data import MHISTDataset, load_annotations, split_sha256, split_train_val
 from training.metrics import agreement_metrics, roc_auc

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from services.errors import ServiceError
-from services.files import sha256_file
-from services.preprocessing import (
+from services.core.errors import ServiceError
+from services.core.files import sha256_file
+from services.core.preprocessing import (
     PreprocessSpec,
     decode_image,
     preprocess,
@@ -300,7 +300,7 @@ class MHISTDataset:
 
     With soft_targets the target is a (2,) float32 tensor of class probabilities from the votes.
 
-    Decoding and preprocessing are the serving code's (services.preprocessing): without
+    Decoding and preprocessing are the serving code's (services.core.preprocessing): without
     augmentation (validation, test) an item is exactly what serving computes from the file's
     bytes. Augmentation, when given (train split only), runs on the decoded RGB image before
     the serving preprocessing.

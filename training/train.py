@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from services.preprocessing import PreprocessSpec
+from services.core.preprocessing import PreprocessSpec
 from training import CLASSES, POSITIVE_CLASS, input_mpp
 from training.checkpoint import CARD_FILE, save_checkpoint
 from training.data import (

@@ -1,6 +1,6 @@
 """PyTorch baseline of the Flask service (benchmarks only — never a serving target).
 
-Same request decoding (services.payload) and preprocessing (services.preprocessing) as the
+Same request decoding (services.web.payload) and preprocessing (services.core.preprocessing) as the
 ONNX service; the difference under test is torch + a TorchScript file instead of onnxruntime +
 an ONNX file. The TorchScript file carries the model card as the extra file `card.json`.
 PyTorch at its best for a CPU server: the traced module is frozen and optimized for inference
@@ -22,9 +22,9 @@ import torch
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from services.errors import ServiceError
-from services.payload import single_image
-from services.preprocessing import PreprocessSpec, preprocess_bytes
+from services.core.errors import ServiceError
+from services.core.preprocessing import PreprocessSpec, preprocess_bytes
+from services.web.payload import single_image
 
 CARD_FILE = "card.json"
 

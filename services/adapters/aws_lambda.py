@@ -30,9 +30,9 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask
 
 from services.adapters import s3_events
-from services.app import create_app
-from services.errors import ModelLoadError, ServiceError
-from services.hooks import access_log, take_cold_start
+from services.core.errors import ModelLoadError, ServiceError
+from services.web.app import create_app
+from services.web.hooks import access_log, take_cold_start
 
 LambdaHandler = Callable[[Any, Any], dict]
 

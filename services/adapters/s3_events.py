@@ -41,11 +41,12 @@ from urllib.parse import unquote_plus
 
 from flask import Flask
 
-from services.errors import ServiceError
-from services.hooks import access_log, error_log, take_cold_start
-from services.model import InferenceModel
-from services.settings import Settings
-from services.state import runtime
+from services.core.errors import ServiceError
+from services.core.model import InferenceModel
+from services.web.hooks import access_log, error_log, take_cold_start
+from services.web.inference import Inference
+from services.web.settings import Settings
+from services.web.state import runtime
 
 RESULT_SUFFIX = ".json"
 META_ETAG, META_VERSION, META_MODEL = "source-etag", "source-version-id", "model-sha256"
@@ -235,7 +236,7 @@ class S3Flow:
             return "duplicate", detail
         started = time.perf_counter()
         try:
-            prediction = model.predict_bytes(data)
+            prediction = Inference(self.app).one(data, "s3")
         except ServiceError as exc:
             if exc.status_code >= 500:
                 raise _Retry(exc.message) from None

@@ -5,8 +5,9 @@ SageMaker starts the container as `IMAGE serve`; sagemaker/serve calls `serve()`
    manifest.json promises, so that a missing model or a bad setting is one clear line in
    CloudWatch and exit status 2; a file that is there but not a usable model (or not the
    manifest's) is refused by the worker that loads it, with one line and exit status 3;
-2. replaces itself with the one server (`python -m services.server`: gunicorn with
-   services/gunicorn_conf.py) on the app of services.app with the `sagemaker` target, which
+2. replaces itself with the one server (`python -m services.runtime.server`: gunicorn with
+   services/runtime/gunicorn_conf.py) on the app of services.web.app
+   with the `sagemaker` target, which
    adds /ping, /invocations and /execution-parameters to the common routes.
 
 Layout of /opt/ml/model (written by sagemaker/package.py):
@@ -21,9 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from services.errors import ModelLoadError
-from services.files import model_file_problem
-from services.settings import Settings, SettingsError
+from services.core.errors import ModelLoadError
+from services.core.files import model_file_problem
+from services.web.settings import Settings, SettingsError
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -90,7 +91,7 @@ def model_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables that make the one app a SageMaker server for the model folder; raises
     SettingsError or ModelLoadError for what can be told without loading the model.
 
-    The model itself is loaded once, by the worker (services.server.worker_app), which stops
+    The model itself is loaded once, by the worker (services.runtime.server.worker_app), which stops
     the server with one `serve: cannot start:` line when the file is not a usable model or its
     sha256 is not the manifest's. Loading it here as well, as a check, cost a second import of
     onnxruntime and a second session: about a second of every cold start.
@@ -113,7 +114,7 @@ def model_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def server_argv() -> list[str]:
     """The one server entry (the Flask container runs the same)."""
-    return [sys.executable, "-m", "services.server"]
+    return [sys.executable, "-m", "services.runtime.server"]
 
 
 def serve() -> int:

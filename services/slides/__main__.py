@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.errors import ModelLoadError, ServiceError
-from services.model import InferenceModel
-from services.settings import default_threads
+from services.core.cpus import default_threads
+from services.core.errors import ModelLoadError, ServiceError
+from services.core.model import InferenceModel
 
 TABLE_NAME = "slides.summary.csv"
 

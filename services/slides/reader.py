@@ -17,8 +17,8 @@ from pathlib import Path
 import openslide
 from PIL import Image
 
-from services.errors import ServiceError
-from services.preprocessing import to_rgb
+from services.core.errors import ServiceError
+from services.core.preprocessing import to_rgb
 from services.slides.tiling import TileReader
 
 # Level pixels read at a time for the thumbnail: 4 MB of RGBA, ~4× that while it is made RGB.

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.errors import ServiceError
-from services.model import InferenceModel
-from services.preprocessing import to_rgb
+from services.core.errors import ServiceError
+from services.core.model import InferenceModel
+from services.core.preprocessing import to_rgb
+from services.core.tissue import tissue_area_mm2, tissue_mask
 from services.slides.outputs import png_bytes, positive_regions, render_heatmap, tile_row
 from services.slides.tiling import (
     Grid,
@@ -30,7 +31,6 @@ from services.slides.tiling import (
     thumbnail_size,
     tissue_fractions,
 )
-from services.slides.tissue import tissue_area_mm2, tissue_mask
 
 # Keeps a request inside the 30 s worker timeout: measured here, a 4096² PNG (512 tiles, the
 # 128-px INT8 demo model, 2 cores) took 7.4 s, decode and heatmap included.

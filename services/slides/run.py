@@ -25,7 +25,8 @@ import numpy as np
 import onnxruntime
 from tqdm.auto import tqdm
 
-from services.model import InferenceModel
+from services.core.model import InferenceModel
+from services.core.tissue import tissue_area_mm2, tissue_mask
 from services.slides.outputs import CsvTiles, GeoJsonTiles, render_heatmap, tile_row
 from services.slides.reader import (
     Slide,
@@ -46,7 +47,6 @@ from services.slides.tiling import (
     thumbnail_size,
     tissue_fractions,
 )
-from services.slides.tissue import tissue_area_mm2, tissue_mask
 
 SUFFIXES = {"tiles": ".tiles.csv", "geojson": ".geojson", "heatmap": ".heatmap.png",
             "summary": ".summary.json"}

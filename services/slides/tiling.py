@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from services.errors import ServiceError
-from services.metadata import ModelMetadata
-from services.model import InferenceModel
+from services.core.errors import ServiceError
+from services.core.metadata import ModelMetadata
+from services.core.model import InferenceModel
 
 MAX_UPSAMPLING = 2.0  # beyond this a tile is mostly interpolation: refuse rather than guess
 THUMBNAIL_PX_PER_TILE = 32  # mask and heatmap resolution: pixels across a tile ...

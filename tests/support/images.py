@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from awsdeploy import containers, images
-from services.files import sha256_file
+from services.core.files import sha256_file
 from services.targets import TARGETS
 
 _built: dict[tuple[str, str], str] = {}

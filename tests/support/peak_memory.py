@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     requests_file, model = argv
     limit = int(os.environ.get("MHIST_PEAK_AS_LIMIT_MB", "3072")) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from services.app import create_app  # after the limit: onnxruntime's arenas count too
+    from services.web.app import create_app  # after the limit: onnxruntime's arenas count too
 
     client = create_app({"MODEL_PATH": model}).test_client()
     baseline = peak_rss_mb()

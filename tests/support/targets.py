@@ -196,14 +196,14 @@ def load_sagemaker_app(model_path: str | os.PathLike, folder: Path,
     """The one app as SageMaker's workers build it: target sagemaker, the model resolved from
     a model folder (and its manifest's sha256, when it has one) by the SageMaker adapter."""
     path, digest = resolve_model(sagemaker_model_dir(model_path, folder))
-    from services.app import create_app
+    from services.web.app import create_app
 
     return create_app({"TARGET": "sagemaker", "MODEL_PATH": str(path), "MODEL_SHA256": digest,
                        "API_TOKEN": None, **(env or {})})
 
 
 def _flask(model_path: str | os.PathLike, work: Path) -> list[Target]:
-    from services.app import create_app
+    from services.web.app import create_app
 
     return [FlaskTarget(create_app({"MODEL_PATH": str(model_path)}))]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from services.hooks import has_token
-from services.openapi import openapi_spec
-from services.state import runtime
+from services.web.hooks import has_token
+from services.web.openapi import openapi_spec
+from services.web.state import runtime
 
 bp = Blueprint("ops", __name__)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyspng
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from services.errors import ServiceError
-from services.stages import stage
+from services.core.errors import ServiceError
+from services.core.stages import stage
 
 # Formats a histology patch plausibly arrives in. GIF is left out on purpose: a palette of 256
 # colours destroys H&E staining, so a GIF is almost always the wrong file.
@@ -309,7 +309,8 @@ def preprocess_bytes_and_crop(
     data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, Image.Image]:
     """`preprocess_bytes`, also returning the RGB spec.size crop the array was made from: the
-    input quality checks (services/quality.py) read it, so nothing is decoded or resized twice."""
+    input quality checks (services/core/quality.py)
+    read it, so nothing is decoded or resized twice."""
     with stage("decode"):
         img = decode_image(data, max_pixels)
     with stage("preprocess"):

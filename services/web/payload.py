@@ -29,8 +29,8 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
-from services.errors import ServiceError
-from services.limits import too_large
+from services.core.errors import ServiceError
+from services.web.limits import too_large
 
 IMAGE_FIELD = "image"
 BATCH_FIELD = "images"

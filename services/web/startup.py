@@ -18,7 +18,7 @@ import logging
 import os
 import time
 
-log = logging.getLogger("mhist.access")  # services.hooks gives it its JSON-lines handler
+log = logging.getLogger("mhist.access")  # services.web.hooks gives it its JSON-lines handler
 
 
 def _process_started_at(pid: int | str = "self") -> float | None:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.preprocessing import MIN_SIDE, PreprocessSpec
-from services.quality import QualityRanges
+from services.core.preprocessing import MIN_SIDE, PreprocessSpec
+from services.core.quality import QualityRanges
 
 SCHEMA_VERSION = "1"
 PREFIX = "mhist."
@@ -49,10 +49,10 @@ class ModelMetadata:
     quantization: dict = field(default_factory=dict)  # int8 settings, empty for fp32
     mpp: float = DEFAULT_MPP  # µm per pixel of the network input (its physical scale)
     mpp_note: str | None = None  # why `mpp` is an assumption, when the file lacks it
-    # Input quality ranges from the training images (services/quality.py, `mhist.quality`).
+    # Input quality ranges from the training images (services/core/quality.py, `mhist.quality`).
     # None: no quality checks, and predictions carry no `warnings` / `quality` fields.
     quality: QualityRanges | None = None
-    # Class activation maps (services/explain.py): method, feature output name, fp32 fc weights
+    # Class activation maps (services/core/explain.py): method, feature output name, fp32 fc weights
     # (C, K) and bias (C,). Empty for a file exported without the feature output.
     explain: dict = field(default_factory=dict)
     # Temperature scaling fitted on validation at export (export/calibration.py): {"method":

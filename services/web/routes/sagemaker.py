@@ -2,7 +2,7 @@
 /execution-parameters (batch transform). Registered on the `sagemaker` target only.
 
 In the SageMaker inference toolkit's four verbs: the model is loaded once per worker (by the
-app factory), the request is decoded by `services.payload`, the same inference steps as
+app factory), the request is decoded by `services.web.payload`, the same inference steps as
 /predict run, and the output is JSON after content negotiation (werkzeug parses Accept):
 an unsupported Content-Type is a 415, an unsupported Accept a 406.
 """
@@ -14,12 +14,12 @@ import json
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MIMEAccept
 
-from services import payload
-from services.errors import ServiceError
-from services.explain import custom_attribute_switch, explain_switch
-from services.routes.api import predict_batch_items, timed_prediction
-from services.settings import MIB
-from services.state import runtime
+from services.core.errors import ServiceError
+from services.core.explain import custom_attribute_switch, explain_switch
+from services.web import payload
+from services.web.inference import Inference
+from services.web.settings import MIB
+from services.web.state import runtime
 
 JSON = "application/json"
 # What SageMaker clients send; any image/* is read too, since the decoder sniffs the format.
@@ -59,9 +59,10 @@ def invocations() -> Response:
     explain = explain_switch(request.args) | custom_attribute_switch(request.headers)
     if _is_batch():
         max_batch = runtime(current_app).settings.max_batch
-        return jsonify(predict_batch_items(payload.batch_images(request, max_batch),
-                                           "invocations", explain))
-    return timed_prediction(lambda: payload.single_image(request), "invocations", explain)
+        items = payload.batch_images(request, max_batch)
+        return jsonify(Inference(current_app).batch(items, "invocations", explain))
+    return Inference(current_app).timed_response(lambda: payload.single_image(request),
+                                                 "invocations", explain)
 
 
 def _check_content_type(mimetype: str) -> None:
@@ -98,5 +99,5 @@ def _is_batch() -> bool:
     try:
         document = json.loads(request.get_data(cache=True))
     except (ValueError, RecursionError):
-        return False  # services.payload reports the malformed JSON as a 400
+        return False  # services.web.payload reports the malformed JSON as a 400
     return isinstance(document, dict) and any(field in document for field in BATCH_FIELDS)

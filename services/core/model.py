@@ -18,25 +18,25 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from services.errors import ModelLoadError, ServiceError
-from services.explain import CamExplainer
-from services.explain import unavailable as explain_unavailable
-from services.files import sha256_file
-from services.metadata import ModelMetadata
-from services.preprocessing import (
+from services.core.cpus import default_threads
+from services.core.errors import ModelLoadError, ServiceError
+from services.core.explain import CamExplainer
+from services.core.explain import unavailable as explain_unavailable
+from services.core.files import sha256_file
+from services.core.metadata import ModelMetadata
+from services.core.preprocessing import (
     DEFAULT_MAX_PIXELS,
     preprocess,
     preprocess_bytes,
     preprocess_bytes_and_crop,
 )
-from services.quality import assess
-from services.settings import default_threads
-from services.stages import stage
+from services.core.quality import assess
+from services.core.stages import stage
 
 # Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
 # try to persist a device id there and warn in every worker. Nothing is sent from here anyway.
 ort.disable_telemetry_events()
-error_log = logging.getLogger("mhist.error")  # services.hooks gives it its JSON-lines handler
+error_log = logging.getLogger("mhist.error")  # services.web.hooks gives it its JSON-lines handler
 
 
 def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
@@ -58,9 +58,9 @@ def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
 class Prediction:
     label: str
     probabilities: dict[str, float]
-    explanation: dict | None = None  # only when the request asked (services/explain.py)
+    explanation: dict | None = None  # only when the request asked (services/core/explain.py)
     decision: str | None = None  # label, or "uncertain" inside the file's band; None: label
-    # Input quality (services/quality.py): both set when the file records mhist.quality.
+    # Input quality (services/core/quality.py): both set when the file records mhist.quality.
     warnings: list | None = None
     quality: dict | None = None
 
@@ -151,7 +151,7 @@ class InferenceModel:
                 results.append(_unexpected_item_error(index))
         if arrays:
             predictions = iter(self._checked(p, crop) for p, crop in zip(
-                # (N, 3, S, S); explained items carry the grid only (services/explain.py)
+                # (N, 3, S, S); explained items carry the grid only (services/core/explain.py)
                 self.predict_array(np.stack(arrays), explain, overlay=False), crops,
                 strict=True))
             results = [
@@ -184,7 +184,7 @@ class InferenceModel:
         probabilities = softmax(logits)
         positive = probabilities[:, meta.positive_index]
         # The label is decided on softmax(logits) (p_pos), where the threshold was chosen; what
-        # is served is softmax(logits / T): the same order of margins (services/metadata.py).
+        # is served is softmax(logits / T): the same order of margins (services/core/metadata.py).
         served = softmax(logits.astype(np.float64) / meta.temperature) if meta.calibration \
             else probabilities
         negative = [c for c in meta.classes if c != meta.positive_class]

@@ -10,17 +10,15 @@ The tiling is services/slides/tiling.py, the code the whole-slide CLI runs.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from services.errors import ServiceError
-from services.hooks import note_inference
-from services.payload import single_image
-from services.preprocessing import decode_image
+from services.core.errors import ServiceError
+from services.core.preprocessing import decode_image
 from services.slides.region import DEFAULT_MIN_TISSUE, analyse_region
-from services.state import runtime
+from services.web.inference import Inference
+from services.web.payload import single_image
 
 bp = Blueprint("region", __name__)
 
@@ -30,20 +28,13 @@ def predict_region() -> Response:
     """Classify a larger region tile by tile and return a P(SSA) heatmap.
     Query parameters: mpp (µm/px of the image, default the model's), stride (model pixels,
     default one tile), min_tissue (share of tissue a tile needs, default 0.5)."""
-    current = runtime(current_app)
-    model = current.state.require()
+    inference = Inference(current_app)
+    model = inference.model  # a 503 before the body is read when no model is loaded
     options = region_options(request.args)
     data = single_image(request)
-    started = time.perf_counter()
-    try:
-        body = analyse_region(model, decode_image(data, model.max_pixels), **options)
-    except ServiceError:
-        current.metrics.images.labels("rejected").inc()
-        raise
-    seconds = time.perf_counter() - started
-    current.metrics.inference.labels("predict_region").observe(seconds)
-    current.metrics.images.labels("predicted").inc()
-    note_inference(seconds)
+    body = inference.region(
+        lambda: analyse_region(model, decode_image(data, model.max_pixels), **options),
+        "predict_region")
     return jsonify(body)
 
 

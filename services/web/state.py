@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from services.errors import ModelLoadError, ServiceError
-from services.metrics import Metrics
-from services.model import InferenceModel
-from services.settings import Settings
+from services.core.errors import ModelLoadError, ServiceError
+from services.core.model import InferenceModel
+from services.web.metrics import Metrics
+from services.web.settings import Settings
 
 _EXTENSION = "mhist"
-error_log = logging.getLogger("mhist.error")  # services.hooks gives it its JSON-lines handler
+error_log = logging.getLogger("mhist.error")  # services.web.hooks gives it its JSON-lines handler
 
 
 class ModelState:

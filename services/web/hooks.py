@@ -24,10 +24,10 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from services.errors import ServiceError
-from services.limits import too_large
-from services.settings import Settings
-from services.state import runtime
+from services.core.errors import ServiceError
+from services.web.limits import too_large
+from services.web.settings import Settings
+from services.web.state import runtime
 
 # Routes anyone may call even when an API token is set: probes and the static page itself
 # (the page asks for the token and sends it with its own API calls). SageMaker's /ping is a

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from services.core.cpus import default_threads, usable_cpus
+
 TARGETS = ("http", "lambda", "sagemaker")
 MIB = 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels per image; an MHIST patch is 224² = 50 k
@@ -33,19 +35,6 @@ _FALSE = ("0", "false", "no", "off")
 
 class SettingsError(ValueError):
     """A setting's value is unusable; the message names the variable and what it accepts."""
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: honours cpusets (`--cpuset-cpus`), unlike os.cpu_count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def default_threads(workers: int = 1) -> int:
-    """ORT intra-op threads so that workers × threads ≤ usable CPUs (ORT sizes from the host)."""
-    return max(1, usable_cpus() // max(1, workers))
 
 
 # --- parsers: raw string → value, or SettingsError naming what is accepted -------------------

@@ -1,8 +1,8 @@
 """The one gunicorn configuration, for the Flask container and the SageMaker container alike.
 
-    MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.server
+    MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.runtime.server
 
-Every value comes from `services.settings.Settings` (the README's settings table), so the
+Every value comes from `services.web.settings.Settings` (the README's settings table), so the
 server and the app agree on workers, threads and ORT threads; a bad value stops the master
 with one line naming the variable. On the `sagemaker` target SageMaker's own variables
 (SAGEMAKER_BIND_TO_PORT, SAGEMAKER_MODEL_SERVER_WORKERS, ...) are read instead.
@@ -13,7 +13,8 @@ Why these choices:
 - workers × threads × ORT threads ≤ CPUs (Settings sizes ORT threads so): no oversubscription,
   and ORT would otherwise size its pool from the host's cores, not the container's quota.
 - SIGTERM: each worker closes its listening socket first (new connections are refused), then
-  finishes its in-flight request (services/gunicorn_sigterm.py); graceful_timeout (8 s, 25 s on
+  finishes its in-flight request (services/runtime/gunicorn_sigterm.py);
+  graceful_timeout (8 s, 25 s on
   SageMaker) fits inside the 10 s of `docker stop` and the 30 s SageMaker waits before SIGKILL.
 - A missing or empty model file stops the master before it forks, with one clear line and
   exit status 1; a file that is not a valid exported model stops every worker at boot and
@@ -30,9 +31,9 @@ import tempfile
 
 from gunicorn import util as _gunicorn_util
 
-from services.files import model_file_problem
-from services.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
-from services.settings import Settings, SettingsError
+from services.core.files import model_file_problem
+from services.runtime.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
+from services.web.settings import Settings, SettingsError
 
 try:
     _SETTINGS = Settings.from_env()
@@ -51,7 +52,8 @@ keepalive = _SETTINGS.keepalive
 max_requests = _SETTINGS.max_requests
 max_requests_jitter = max_requests // 10
 preload_app = False
-# nginx (services/front.py) already bounds the header block to 4 × 8 KB; gunicorn's own limit
+# nginx (services/runtime/nginx.py) already bounds the header block to 4 × 8 KB;
+# gunicorn's own limit
 # of 100 fields would answer a request with more with its HTML 400 page instead of our JSON.
 limit_request_fields = 1000
 # gunicorn ≥ 25 opens a control socket in $HOME by default: unused here, and parallel servers
@@ -65,7 +67,7 @@ loglevel = _SETTINGS.log_level
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 # prometheus_client chooses per-process files at import time, so the folder must be in the
-# environment before any worker imports services.metrics: set it here, in the master.
+# environment before any worker imports services.web.metrics: set it here, in the master.
 _OWN_PROMETHEUS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_PROMETHEUS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mhist-prometheus-")

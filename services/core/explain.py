@@ -27,9 +27,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from services.errors import ServiceError
-from services.metadata import ModelMetadata
-from services.preprocessing import PreprocessSpec
+from services.core.errors import ServiceError
+from services.core.metadata import ModelMetadata
+from services.core.preprocessing import PreprocessSpec
 
 PARAMETER = "explain"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -38,7 +38,7 @@ _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"0", "false", "no", "off"})
 SHOWN_VALUE_CHARS = 40  # of a refused switch value in the 400
 # The grid's cap: a ResNet's last feature map is the input / 32, and inputs are at most
-# MAX_INPUT_SIZE = 512 px (services/metadata.py), so 16×16 numbers per answer at most.
+# MAX_INPUT_SIZE = 512 px (services/core/metadata.py), so 16×16 numbers per answer at most.
 MAX_GRID_SIDE = 16
 # The overlay's strongest tint: 0.6 keeps the tissue under the hottest spot visible; where the
 # map is 0 the patch shows untouched, so the picture reads as "evidence here".

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from services.payload import BATCH_FIELD, IMAGE_FIELD, INSTANCES_FIELD
+from services.web.payload import BATCH_FIELD, IMAGE_FIELD, INSTANCES_FIELD
 
 OPENAPI_VERSION = "3.0.3"
 

@@ -7,7 +7,7 @@ normalisation), compared with the ranges export recorded from the training image
 - focus: variance of the Laplacian of the grey image (Pech-Pacheco et al., ICPR 2000; the
   4-neighbour kernel, as OpenCV's `Laplacian(ksize=1)`). Blur removes the fine detail the
   Laplacian responds to, so a blurry patch scores low.
-- tissue fraction: share of tissue pixels by services/slides/tissue.py's mask (Otsu on HSV
+- tissue fraction: share of tissue pixels by services/core/tissue.py's mask (Otsu on HSV
   saturation, clamped), the detector whole-slide inference already uses, at its resolution.
 - stain: mean optical density per RGB channel over the tissue pixels, and the mean haematoxylin
   and eosin concentrations from Ruifrok & Johnston's colour deconvolution.
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.slides.tissue import tissue_mask
+from services.core.tissue import tissue_mask
 
 WARNING_CODES = ("blurry", "low_tissue", "unusual_stain")
 OD_CHANNELS = ("r", "g", "b")

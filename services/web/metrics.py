@@ -1,7 +1,7 @@
 """Prometheus metrics that stay correct under several gunicorn worker processes.
 
 prometheus_client picks its value storage at import time: when PROMETHEUS_MULTIPROC_DIR is
-set (services/gunicorn_conf.py sets it before any worker imports this), every process writes
+set (services/runtime/gunicorn_conf.py sets it before any worker imports this), every process writes
 its samples to mmap files in that folder and /metrics aggregates all of them; otherwise the
 values live in this process and /metrics shows them directly.
 """
@@ -20,8 +20,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from services.quality import WARNING_CODES
-from services.stages import STAGES
+from services.core.quality import WARNING_CODES
+from services.core.stages import STAGES
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A stage of one prediction takes from tens of microseconds (serialise) to tens of ms (run).
@@ -71,7 +71,7 @@ class Metrics:
         self.latency.labels(route, method).observe(seconds)
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
-        """One prediction's stage times (services/stages.py)."""
+        """One prediction's stage times (services/core/stages.py)."""
         for name, value in seconds.items():
             self.stages.labels(name).observe(value)
 

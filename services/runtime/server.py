@@ -1,20 +1,21 @@
-"""The one server entry of the Flask and SageMaker containers: `python -m services.server`.
+"""The one server entry of the Flask and SageMaker containers: `python -m services.runtime.server`.
 
 Checks the settings first, so a bad value is one line and exit status 1 — gunicorn itself reads
 WEB_CONCURRENCY while it is imported and would die with a traceback on `WEB_CONCURRENCY=abc` —
-then runs gunicorn with the one configuration (services/gunicorn_conf.py) on the one app, behind
-nginx when FRONT_SERVER=nginx (services/front.py; the images set it). The front server
-starts gunicorn on its unix socket with `python -m services.server --upstream unix:PATH`.
+then runs gunicorn with the one configuration (services/runtime/gunicorn_conf.py)
+on the one app, behind
+nginx when FRONT_SERVER=nginx (services/runtime/nginx.py; the images set it). The front server
+starts gunicorn on its unix socket with `python -m services.runtime.server --upstream unix:PATH`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from services.settings import Settings, SettingsError
+from services.web.settings import Settings, SettingsError
 
-GUNICORN_ARGS = ["-c", "python:services.gunicorn_conf"]
-APP = "services.server:worker_app()"
+GUNICORN_ARGS = ["-c", "python:services.runtime.gunicorn_conf"]
+APP = "services.runtime.server:worker_app()"
 # gunicorn's exit status for a worker that could not boot: the master then stops the server with
 # "Worker failed to boot" and the same status (gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR).
 WORKER_BOOT_ERROR = 3
@@ -29,8 +30,8 @@ def worker_app():
     This is where the model file is checked for real: the worker's load is the only load, so
     a container pays for importing onnxruntime and building a session once, not twice.
     """
-    from services.app import create_app  # numpy, onnxruntime: in the worker, after the fork
-    from services.errors import ModelLoadError
+    from services.core.errors import ModelLoadError
+    from services.web.app import create_app  # numpy, onnxruntime: in the worker, after the fork
 
     settings = Settings.from_env()  # main() has checked this environment already
     prefix = "serve" if settings.target == "sagemaker" else "mhist"
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
               "environment (README, Serving settings)", file=sys.stderr, flush=True)
         sys.exit(2)
     elif settings.front_server == "nginx":
-        from services import front
+        from services.runtime import nginx
 
-        sys.exit(front.run(settings))
+        sys.exit(nginx.run(settings))
     from gunicorn.app.wsgiapp import run  # only now: its import reads WEB_CONCURRENCY
     from gunicorn.errors import HaltServer
 

@@ -18,7 +18,7 @@ from flask import Request
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request as WerkzeugRequest
 
-from services.errors import ServiceError
+from services.core.errors import ServiceError
 
 # Parts of one multipart form: a batch is at most MAX_BATCH files, so this only stops abuse
 # (werkzeug's default; each part costs a FileStorage or a string while the form is parsed).

@@ -7,7 +7,7 @@ completely (headers and body, with read timeouts) before it hands it to gunicorn
 socket, so a worker only ever sees whole requests, and nginx holds thousands of slow
 connections for the price of a few kilobytes each.
 
-`run(settings)` (called by `python -m services.server` when FRONT_SERVER=nginx) writes the
+`run(settings)` (called by `python -m services.runtime.server` when FRONT_SERVER=nginx) writes the
 nginx configuration from the settings, starts gunicorn on a unix socket and nginx on
 HOST:PORT, and supervises both: when either exits the other is stopped and the container exits
 with the first one's status; SIGTERM stops nginx gracefully first (no new connections, in-flight
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.settings import Settings
+from services.web.settings import Settings
 
 NGINX = "nginx"
 # Whole headers within this time; the body may pause at most this long between two reads.
@@ -126,7 +126,7 @@ def run(settings: Settings) -> int:
     upstream = run_dir / "gunicorn.sock"
     conf = run_dir / "nginx.conf"
     conf.write_text(nginx_conf(settings, run_dir, upstream))
-    gunicorn = subprocess.Popen([sys.executable, "-m", "services.server", "--upstream",
+    gunicorn = subprocess.Popen([sys.executable, "-m", "services.runtime.server", "--upstream",
                                  f"unix:{upstream}"])
     front = subprocess.Popen([nginx, "-c", str(conf), "-e", "stderr", "-g", "daemon off;"])
     stopping: list[int] = []

@@ -2,7 +2,7 @@
 
 Code marks a stage with `with stage("decode"): ...`; a request collects its stages with
 `with collect() as seconds: ...`, and the route observes them as the `mhist_stage_seconds`
-histogram (services/metrics.py). A stage's time excludes the stages nested in it, so the
+histogram (services/web/metrics.py). A stage's time excludes the stages nested in it, so the
 stages of one request add up to (at most) its handler's time. Outside a collection (the CLI,
 slides, benchmarks calling the model directly) a stage costs one ContextVar lookup.
 """

@@ -5,7 +5,7 @@ it exits, so the kernel keeps accepting connections that nobody will serve (they
 reset). Closing the worker's copies first makes new connections fail fast with "connection
 refused" (a load balancer retries elsewhere) while in-flight requests finish normally.
 
-Installed by services/gunicorn_conf.py, the one server configuration.
+Installed by services/runtime/gunicorn_conf.py, the one server configuration.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GET /: the upload page (static HTML/CSS/JS from services/static, no external origin)."""
+"""GET /: the upload page (static HTML/CSS/JS from services/web/static, no external origin)."""
 
 from __future__ import annotations
 
