@@ -1,4 +1,4 @@
-"""Numbers the export gates on: FP32 parity with PyTorch, and INT8 against FP32."""
+"""Numbers the export gates on: FP32 parity with PyTorch, skill above chance, INT8 against FP32."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import torch
 from export.convert import ExportError
 from services.core.model import InferenceModel, softmax
 from services.core.preprocessing import PreprocessSpec, preprocess_bytes
-from training.metrics import agreement_metrics, binary_metrics, format_agreement
+from training.metrics import (
+    agreement_metrics,
+    binary_metrics,
+    chance_bounds,
+    class_counts,
+    format_agreement,
+)
 
 
 def load_batch(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
@@ -169,3 +175,39 @@ def _gate_failures(comparison: dict, max_drop_pp: float, min_agreement: float) -
             f"INT8 gave FP32's label on {comparison['top1_agreement']:.3f} of the images; the "
             f"minimum is {min_agreement:g} (--min-agreement)")
     return failures
+
+
+def skill_gate(labels: np.ndarray, probabilities: np.ndarray, threshold: float, z: float,
+               allow_degraded: bool, split: str = "validation") -> dict:
+    """The absolute floor the relative gates lack: a model that gives every image the same
+    probability has zero parity error and INT8 agreement 1.0, so parity and the INT8 gate
+    pass it. Here the served model must beat chance on `split` by `z` standard errors for its
+    class counts (training.metrics.chance_bounds), in ROC AUC and in balanced accuracy at its
+    threshold, and must not give every image one label.
+
+    Returns the report entry; raises ExportError on failure unless `allow_degraded`, in which
+    case the entry says the floor was overridden.
+    """
+    metrics = binary_metrics(labels, probabilities, threshold)
+    positives, negatives = class_counts(metrics)
+    bounds = chance_bounds(positives, negatives, z)
+    predicted_positive = int(np.sum(probabilities >= threshold))
+    failures = [
+        f"{name} {metrics[name]:.3f} is not above {bound:.3f} (chance + {z:g} standard errors "
+        f"for {positives} positive and {negatives} negative images)"
+        for name, bound in bounds.items() if not metrics[name] > bound]
+    if predicted_positive in (0, len(labels)):
+        failures.append(f"every {split} image gets the same label")
+    entry = {"split": split, "images": len(labels), "z": z,
+             "roc_auc": metrics["roc_auc"], "balanced_accuracy": metrics["balanced_accuracy"],
+             "bounds": bounds, "predicted_positive": predicted_positive,
+             "passed": not failures, "overridden": bool(failures) and allow_degraded}
+    if failures:
+        message = (f"skill gate failed on {len(labels)} {split} images: {'; '.join(failures)}. "
+                   "The model is no better than chance here: train longer or on more data, "
+                   "check the data folder is the one it was trained on, or pass "
+                   "--allow-degraded to export it anyway (the report records that).")
+        if not allow_degraded:
+            raise ExportError(message)
+        entry["message"] = message
+    return entry

@@ -40,7 +40,7 @@ class ExportSplits:
                 "val_fraction": self.val_fraction,
                 "sha256": self.val_sha256,
                 "matches_training": self.verified,
-                "used_by": ["parity gate", "INT8 accuracy gate"],
+                "used_by": ["parity gate", "skill gate", "INT8 accuracy gate"],
             },
             CALIBRATION_SPLIT: {
                 "partition": "train",

@@ -30,6 +30,8 @@ from export.evaluate import (
     check_parity,
     compare_precisions,
     load_batch,
+    onnx_probabilities,
+    skill_gate,
 )
 from export.features import explain_metadata
 from export.quality_ranges import NoRangesError, quality_ranges
@@ -156,7 +158,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="INT8 must give FP32's label on at least this share of the validation images",
     )
     p.add_argument(
-        "--allow-degraded", action="store_true", help="keep an INT8 file that fails the gate"
+        "--min-skill-z",
+        type=float,
+        default=1.645,
+        help="the FP32 model must beat chance on validation by this many standard errors for "
+        "the split's class counts, in ROC AUC and balanced accuracy (1.645: one-sided 5 %%)",
+    )
+    p.add_argument(
+        "--allow-degraded",
+        action="store_true",
+        help="export anyway when the skill gate or the INT8 accuracy gate fails; the report "
+        "records which gate was overridden",
     )
     p.add_argument(
         "--quality-ranges",
@@ -230,6 +242,11 @@ def main(args: argparse.Namespace) -> dict:
         f"parity: max |Δp| {parity.max_abs_diff:.2e} on {parity.images} {parity.split} images "
         f"(tolerance {parity.tolerance:g}) — passed"
     )
+    try:
+        skill = _skill(fp32, splits.validation, spec, source.card, args)
+    except ExportError:
+        fp32_path.unlink()  # nobody should serve a model that failed its gate
+        raise
 
     t = time.perf_counter()
     calibration = pick_calibration_images(
@@ -268,12 +285,15 @@ def main(args: argparse.Namespace) -> dict:
         args, source, data_dir, splits, parity, settings, comparison, fp32_path, int8_path, timings
     )
     report["calibration"] = probability_calibration
+    report["skill"] = skill
     report["input_quality"] = quality_report
     report_path = args.out / "export_report.json"
     try:
-        report["int8"]["gate"]["warning"] = accuracy_gate(
+        warning = accuracy_gate(
             comparison, args.max_accuracy_drop, args.allow_degraded, args.min_agreement
         )
+        report["int8"]["gate"].update(warning=warning, passed=warning is None,
+                                      overridden=warning is not None)
     except ExportError:
         int8_path.unlink()  # nobody should serve a file that failed its gate
         report["int8"]["gate"]["passed"] = False
@@ -411,6 +431,23 @@ def _compare(
     )
 
 
+def _skill(fp32: InferenceModel, records: list, spec: PreprocessSpec, card: dict,
+           args: argparse.Namespace) -> dict:
+    """The skill gate on every validation image (not --eval-limit's cap: a floor judged on a
+    dozen images would need a margin no model reaches)."""
+    meta = fp32.metadata
+    probabilities = onnx_probabilities(fp32, load_batch([r.path for r in records], spec))
+    labels = np.array([int(r.label == card["positive_class"]) for r in records])
+    entry = skill_gate(labels, probabilities[:, meta.positive_index], meta.threshold,
+                       args.min_skill_z, args.allow_degraded, GATE_SPLIT)
+    verdict = "OVERRIDDEN by --allow-degraded" if entry["overridden"] else "passed"
+    shown = ", ".join(
+        f"{name} {entry[name]:.3f} {'>' if entry[name] > bound else '≤'} {bound:.3f}"
+        for name, bound in entry["bounds"].items())
+    print(f"skill: {shown} on {entry['images']} {entry['split']} images — {verdict}")
+    return entry
+
+
 def _report(
     args,
     source,
@@ -432,6 +469,7 @@ def _report(
             "registered_version": source.registered_version,
         },
         "data_dir": str(data_dir),
+        "allow_degraded": args.allow_degraded,
         "synthetic_data": bool((source.card.get("dataset") or {}).get("synthetic", False)),
         "opset": OPSET,
         "splits": splits.to_dict(),
@@ -535,6 +573,8 @@ def _print_summary(report: dict) -> None:
         print(line)
     if report["int8"]["gate"].get("warning"):
         print(f"WARNING (--allow-degraded): {report['int8']['gate']['warning']}")
+    if report["skill"].get("message"):
+        print(f"WARNING (--allow-degraded): {report['skill']['message']}")
     if "mlflow" in report:
         print(
             f"registered {report['mlflow']['registered_model']} "

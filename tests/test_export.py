@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from mlflow import MlflowClient
 from PIL import Image
 
 from export.convert import ExportError, export_fp32, read_metadata, write_metadata
-from export.evaluate import accuracy_gate, check_parity, load_batch
+from export.evaluate import accuracy_gate, check_parity, load_batch, skill_gate
 from export.splits import training_splits
 from services.core.model import InferenceModel
 from services.core.preprocessing import PreprocessSpec
 from tests.conftest import REPO_ROOT
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import Record, load_annotations
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,18 @@ def test_report_records_both_gates(exported: dict) -> None:
     assert report["parity"]["images"] > 0
     comparison = report["int8"]["comparison"]
     assert comparison["images"] > 0
-    assert 0.0 <= comparison["top1_agreement"] <= 1.0
+    gate = report["int8"]["gate"]
+    # The gate's verdict follows its own numbers (one image of accuracy is always allowed).
+    within = (comparison["top1_agreement"] >= gate["min_top1_agreement"]
+              and comparison["accuracy_drop_pp"] <= max(gate["max_accuracy_drop_pp"],
+                                                        100 / comparison["images"] + 1e-9))
+    assert gate["passed"] is within and gate["overridden"] is not within
+    # The fixture model learnt: it clears the absolute floor on every validation image.
+    skill = report["skill"]
+    assert skill["passed"] is True and skill["overridden"] is False, skill
+    assert skill["images"] == report["splits"]["validation"]["images"]
+    assert skill["roc_auc"] > skill["bounds"]["roc_auc"] > 0.5
+    assert report["allow_degraded"] is True  # the fixture passes it (tests/conftest.py)
     assert set(report["files"]) == {"fp32", "int8"}
     assert report["int8"]["settings"]["format"] == "QDQ"
     assert report["int8"]["settings"]["reduce_range"] is True
@@ -358,3 +370,64 @@ def test_accuracy_gate_judges_images_not_noise(comparison: dict, fails_on: str |
 def test_a_negative_limit_has_no_one_image_allowance() -> None:
     with pytest.raises(ExportError, match="limit is -100 pp"):
         accuracy_gate(_comparison(56, 48, 48, 1.0), -100.0, allow_degraded=False)
+
+
+# --- the skill gate: an absolute floor under the relative gates --------------------------------
+
+def _degenerate_checkpoint(checkpoint: Path, dest: Path) -> Path:
+    """The fixture's model with its classifier zeroed: every image gets the same probability.
+    Parity with PyTorch is exact and INT8 agrees with FP32 on every image, so only an absolute
+    floor can refuse it."""
+    model, card = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 1.0]))
+    return save_checkpoint(dest, model, card)
+
+
+def test_skill_gate_refuses_a_constant_model() -> None:
+    labels = np.array([0] * 20 + [1] * 10)
+    constant = np.full(30, 0.7)
+    with pytest.raises(ExportError) as failure:
+        skill_gate(labels, constant, 0.5, 1.645, allow_degraded=False)
+    message = str(failure.value)
+    assert "roc_auc 0.500 is not above" in message
+    assert "balanced_accuracy 0.500 is not above" in message
+    assert "every validation image gets the same label" in message
+    entry = skill_gate(labels, constant, 0.5, 1.645, allow_degraded=True)
+    assert (entry["passed"], entry["overridden"]) == (False, True)
+    assert "--allow-degraded" in entry["message"]
+
+
+def test_skill_gate_margin_follows_the_split_size() -> None:
+    """AUC 0.8 on 10 positive and 20 negative images clears the 5 % bound (0.68); the same
+    ranking on 3 and 3 images does not (0.5 + 1.645 × 0.24 = 0.90)."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 10)
+    scores = np.where(labels == 1, rng.normal(1.2, 1, 30), rng.normal(0, 1, 30))
+    probabilities = 1 / (1 + np.exp(-scores))
+    entry = skill_gate(labels, probabilities, 0.5, 1.645, allow_degraded=False)
+    assert entry["passed"] and entry["roc_auc"] > entry["bounds"]["roc_auc"]
+    tiny = skill_gate(np.array([0, 0, 0, 1, 1, 1]), np.array([0.2, 0.6, 0.3, 0.7, 0.4, 0.8]),
+                      0.5, 1.645, allow_degraded=True)
+    assert tiny["roc_auc"] > 0.75 and not tiny["passed"]
+
+
+def test_a_degenerate_model_fails_export_unless_allowed(
+    exported: dict, sample_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = _degenerate_checkpoint(exported["checkpoint"], tmp_path / "constant.pt")
+    refused = _export_cli(checkpoint, sample_dir, tmp_path / "refused")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "skill gate failed" in refused.stderr and "--allow-degraded" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "model.onnx").exists()
+    assert not (tmp_path / "refused" / "model.int8.onnx").exists()
+
+    allowed = _export_cli(checkpoint, sample_dir, tmp_path / "allowed", "--allow-degraded")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "OVERRIDDEN by --allow-degraded" in allowed.stdout
+    report = json.loads((tmp_path / "allowed" / "export_report.json").read_text())
+    assert report["allow_degraded"] is True
+    assert (report["skill"]["passed"], report["skill"]["overridden"]) == (False, True)
+    assert report["parity"]["passed"] is True  # the relative gates were blind to it

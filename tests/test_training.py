@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import runpy
 import subprocess
@@ -31,7 +30,7 @@ from PIL import Image
 from services.core.preprocessing import PreprocessSpec, preprocess
 from training.checkpoint import load_checkpoint, load_from_mlflow, save_checkpoint
 from training.data import MHISTDataset, load_annotations, split_sha256, split_train_val
-from training.metrics import agreement_metrics, roc_auc
+from training.metrics import agreement_metrics, chance_bounds, class_counts, roc_auc
 from training.model import WeightsError, build_model
 from training.sample_data import generate
 from training.train import (
@@ -257,47 +256,31 @@ def test_mlflow_settings_do_not_leak_into_the_session(trained: dict) -> None:
 
 
 @pytest.mark.slow
-def class_counts(split_metrics: dict) -> tuple[int, int]:
-    """(positives, negatives) from a split's confusion matrix [[TN, FP], [FN, TP]]."""
-    (tn, fp), (fn, tp) = split_metrics["confusion_matrix"]
-    return fn + tp, tn + fp
-
-
-def chance_auc_bound(positives: int, negatives: int) -> float:
-    """AUC that a model scoring at random exceeds with probability ≈ 0.1 %: 0.5 plus three
-    standard errors of the AUC under the null (Hanley & McNeil 1982, AUC = 0.5)."""
-    se = math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
-    return 0.5 + CHANCE_SIGMAS * se
-
-
-def chance_balanced_accuracy_bound(positives: int, negatives: int) -> float:
-    """Balanced accuracy a random labeller exceeds with probability ≈ 0.1 %: the variance of
-    (sensitivity + specificity) / 2 is at most (1/n_pos + 1/n_neg) / 16."""
-    se = math.sqrt((1 / positives + 1 / negatives) / 16)
-    return 0.5 + CHANCE_SIGMAS * se
-
-
 def test_chance_bounds_follow_the_split_size() -> None:
-    # 41 SSA and 83 HP test images (the fixture's test partition): bounds about 0.67 and 0.64;
-    # a tiny split needs a far larger margin.
-    assert chance_auc_bound(41, 83) == pytest.approx(0.666, abs=0.002)
-    assert chance_balanced_accuracy_bound(41, 83) == pytest.approx(0.643, abs=0.002)
-    assert chance_auc_bound(5, 10) > 0.85
+    # 41 SSA and 83 HP test images (the fixture's test partition): bounds about 0.67 and 0.64
+    # at three standard errors; a tiny split needs a far larger margin.
+    bounds = chance_bounds(41, 83, CHANCE_SIGMAS)
+    assert bounds["roc_auc"] == pytest.approx(0.666, abs=0.002)
+    assert bounds["balanced_accuracy"] == pytest.approx(0.643, abs=0.002)
+    assert chance_bounds(5, 10, CHANCE_SIGMAS)["roc_auc"] > 0.85
+    with pytest.raises(ValueError, match="both classes"):
+        chance_bounds(0, 10, CHANCE_SIGMAS)
 
 
 @pytest.mark.slow
 def test_model_learns(trained: dict) -> None:
     metrics = trained["card"]["metrics"]
     for split in ("val", "test"):
-        positives, negatives = class_counts(metrics[split])
-        assert metrics[split]["roc_auc"] > chance_auc_bound(positives, negatives), split
+        bound = chance_bounds(*class_counts(metrics[split]), CHANCE_SIGMAS)["roc_auc"]
+        assert metrics[split]["roc_auc"] > bound, split
     # At the threshold chosen on validation, carried over to test unchanged.
-    assert metrics["test"]["balanced_accuracy"] > chance_balanced_accuracy_bound(
-        *class_counts(metrics["test"]))
+    bound = chance_bounds(*class_counts(metrics["test"]), CHANCE_SIGMAS)["balanced_accuracy"]
+    assert metrics["test"]["balanced_accuracy"] > bound
     # Images the annotators agreed on (0, 1, 6 or 7 of 7 for SSA) are the easy ones.
     agree = metrics["test_agreement"]["groups"]["agree"]
     assert agree["roc_auc"] > metrics["test"]["roc_auc"]
-    assert agree["roc_auc"] > chance_auc_bound(*agree_counts(trained, agree["n"]))
+    bound = chance_bounds(*agree_counts(trained, agree["n"]), CHANCE_SIGMAS)["roc_auc"]
+    assert agree["roc_auc"] > bound
 
 
 def agree_counts(trained: dict, n: int) -> tuple[int, int]:

@@ -67,6 +67,29 @@ def _balanced_accuracy(tp: int, fn: int, tn: int, fp: int) -> float:
     return float(np.mean(recalls)) if recalls else 0.0
 
 
+def class_counts(metrics: dict) -> tuple[int, int]:
+    """(positives, negatives) from binary_metrics' confusion matrix [[TN, FP], [FN, TP]]."""
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    return fn + tp, tn + fp
+
+
+def chance_bounds(positives: int, negatives: int, z: float) -> dict[str, float]:
+    """What a model that learnt nothing exceeds only by luck, `z` standard errors above 0.5.
+
+    roc_auc: the AUC's standard error under the null (Hanley & McNeil 1982, AUC = 0.5),
+    sqrt((n_pos + n_neg + 1) / (12 n_pos n_neg)). balanced_accuracy: the variance of
+    (sensitivity + specificity) / 2 of a random labeller is at most (1/n_pos + 1/n_neg) / 16.
+    z = 1.645 is a one-sided 5 % test, z = 3 about 0.1 %. Small splits need wide margins: a
+    validation split of 9 SSA and 19 HP images asks AUC > 0.70 at z = 1.645.
+    """
+    if positives < 1 or negatives < 1:
+        raise ValueError(f"chance bounds need both classes: {positives} positive and "
+                         f"{negatives} negative images")
+    auc_se = math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
+    accuracy_se = math.sqrt((1 / positives + 1 / negatives) / 16)
+    return {"roc_auc": 0.5 + z * auc_se, "balanced_accuracy": 0.5 + z * accuracy_se}
+
+
 def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     """The finite scalar entries, for mlflow.log_metrics (it rejects None and lists)."""
     out = {}
