@@ -2,7 +2,11 @@
 
 The reference is the exported FP32 file run by the serving core (services.core.model) on the same
 images. A variant answers rightly when, on every check image,
-- each class probability is within its precision's tolerance of the reference's, and
+- each class probability is within its precision's tolerance of the reference's,
+- the label it returns (services do; model-only variants return none) is the one the
+  reference's threshold gives its own probabilities — checked on every image, so a service with
+  a wrong threshold or swapped classes fails even when its model's answers sit near the
+  threshold, and
 - its label is the reference's label wherever the reference's P(positive) is further than that
   tolerance from the threshold (closer, a legitimate rounding difference may flip it).
 A wrong answer fails the benchmark that timed the variant.
@@ -65,13 +69,19 @@ class Reference:
         diff = max(abs(float(probabilities[c]) - expected[c]) for c in self.classes)
         want = self.label(expected)
         decided = abs(expected[self.positive_class] - self.threshold) > tol
-        got = label if label is not None else self.label(probabilities)
+        own = self.label(probabilities)
+        got = label if label is not None else own
         problems = []
         if not diff <= tol:  # NaN fails too
             problems.append(f"max |Δp| {diff:.3g} > {tol:g} ({precision} tolerance)")
+        if got != own:
+            problems.append(f"label {got!r} contradicts its own P({self.positive_class}) "
+                            f"{float(probabilities[self.positive_class]):.4f} at the threshold "
+                            f"{self.threshold:.4f}")
         if decided and got != want:
             problems.append(f"label {got!r}, reference {want!r}")
         return {"max_abs_diff": diff, "label_ok": got == want or not decided,
+                "label_checked": {"own": label is not None, "reference": decided},
                 "problem": f"{image}: " + "; ".join(problems) if problems else None}
 
     def summarise(self, comparisons: Sequence[dict], precision: str) -> dict:
@@ -82,6 +92,10 @@ class Reference:
                 "tolerance": tolerance(precision),
                 "max_abs_diff": max(diffs) if diffs else None,
                 "labels_agree": sum(c["label_ok"] for c in comparisons),
+                # how many labels were actually compared, by rule (see compare)
+                "labels_checked": {rule: sum(bool(c.get("label_checked", {}).get(rule))
+                                             for c in comparisons)
+                                   for rule in ("own", "reference")},
                 "problems": problems[:5], "ok": bool(comparisons) and not problems}
 
     def spread(self) -> dict:
@@ -99,9 +113,13 @@ class Reference:
                                    for precision, tol in TOLERANCE.items()}}
 
 
-def assert_answers_ok(summary: dict) -> None:
+def assert_answers_ok(summary: dict, labelled: bool = False) -> None:
+    """The variant answered rightly; with `labelled` (a service, which returns a label), every
+    one of its labels was compared, so the label check cannot pass by comparing none."""
     assert summary["ok"], (f"wrong answers ({summary['precision']} tolerance "
                            f"{summary['tolerance']:g}): {summary['problems']}")
+    if labelled:
+        assert summary["labels_checked"]["own"] == summary["images"] > 0, summary
 
 
 def prediction_problem(prediction: object, classes: Sequence[str]) -> str | None:

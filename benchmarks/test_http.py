@@ -145,6 +145,6 @@ def test_http_latency(variant, request, bench_model, bench_config, png_224, refe
     if variant.target != BASELINE and record.get("p50_ms"):
         record["overhead_vs_session_run"] = record["p50_ms"] / session_run_p50[variant.precision]
     results.put("http", variant.key, record)
-    assert_answers_ok(answers)
+    assert_answers_ok(answers, labelled=True)
     assert record["errors"] == 0, record["error_examples"]
     assert record["n"] == bench_config.http_requests
