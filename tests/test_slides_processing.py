@@ -1,4 +1,4 @@
-"""A bucket of slides as a SageMaker Processing job (README, "At scale: a bucket of slides").
+"""A bucket of slides as a SageMaker Processing job (docs/slides.md, "A bucket of slides").
 
 What can be tested here without SageMaker (moto has no Processing jobs): the Flask image built
 with `EXTRAS=serving,slides` runs the job's ContainerEntrypoint exactly as a Processing
@@ -28,7 +28,7 @@ from tests.support.slides import tissue_canvas, write_pyramid
 pytestmark = pytest.mark.container
 
 INPUT, OUTPUT = "/opt/ml/processing/input", "/opt/ml/processing/output"
-# The README's create_processing_job ContainerEntrypoint, word for word.
+# docs/slides.md's create_processing_job ContainerEntrypoint, word for word.
 ENTRYPOINT = ["python", "-m", "services.slides", INPUT, "--model", "/opt/model/model.onnx",
               "--out", OUTPUT, "--no-progress"]
 # As tests/test_slides.py: a 448 µm field per cell at 2.0 µm/px, level 0 four times finer.
@@ -118,12 +118,12 @@ def test_the_container_answers_as_the_host_cli(job, channels, model_int8_path: P
                                [float(r[p_column]) for r in theirs], atol=1e-5)
 
 
-def test_the_entrypoint_is_the_readmes() -> None:
-    """The command run above is the one the README tells users to give SageMaker."""
+def test_the_entrypoint_is_the_docs() -> None:
+    """The command run above is the one docs/slides.md tells users to give SageMaker."""
     import ast
     import re
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    found = re.search(r'"ContainerEntrypoint": (\[.*?\])\}', readme, re.DOTALL)
-    assert found, "README lost its create_processing_job example"
+    page = (REPO_ROOT / "docs" / "slides.md").read_text()
+    found = re.search(r'"ContainerEntrypoint": (\[.*?\])\}', page, re.DOTALL)
+    assert found, "docs/slides.md lost its create_processing_job example"
     assert ast.literal_eval(re.sub(r"\s+", " ", found.group(1))) == ENTRYPOINT
