@@ -30,12 +30,11 @@ from PIL import Image
 from services.core.errors import ServiceError
 from services.core.metadata import ModelMetadata
 from services.core.preprocessing import PreprocessSpec
+from services.core.switches import parse_switch
 
 PARAMETER = "explain"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 METHOD = "cam"
-_ON = frozenset({"1", "true", "yes", "on"})
-_OFF = frozenset({"0", "false", "no", "off"})
 SHOWN_VALUE_CHARS = 40  # of a refused switch value in the 400
 # The grid's cap: a ResNet's last feature map is the input / 32, and inputs are at most
 # MAX_INPUT_SIZE = 512 px (services/core/metadata.py), so 16×16 numbers per answer at most.
@@ -87,9 +86,9 @@ def custom_attribute_switch(headers: Mapping[str, str]) -> bool:
 
 
 def _switch(raw: str, where: str) -> bool:
-    value = raw.strip().lower()
-    if value in _ON or value in _OFF:
-        return value in _ON
+    value = parse_switch(raw)
+    if value is not None:
+        return value
     raise _invalid(f"{where}={raw[:SHOWN_VALUE_CHARS]!r} is not valid: expected 1 or 0 "
                    "(also true/false, yes/no, on/off).")
 

@@ -19,7 +19,7 @@ from services.core.stages import stage
 # Formats a histology patch plausibly arrives in. GIF is left out on purpose: a palette of 256
 # colours destroys H&E staining, so a GIF is almost always the wrong file.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels per image; an MHIST patch is 224² = 50 k
 MIN_SIDE = 16  # smaller than this carries no tissue structure at 224 px input
 # Longest side : shortest side. An MHIST patch is square; the centre crop of a 10:1 image keeps a
 # tenth of it, so anything longer is a strip or a mosaic, not a patch. The limit also bounds the

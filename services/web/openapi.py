@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from services.core.switches import OFF_WORDS, ON_WORDS
 from services.web.payload import BATCH_FIELD, IMAGE_FIELD, INSTANCES_FIELD
 
 OPENAPI_VERSION = "3.0.3"
@@ -255,8 +256,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 _EXPLAIN_DOC = ("1 (or true/yes/on) adds `explanation`, a class activation map; 0 (or "
                 "false/no/off) or absent: none, at no cost. Anything else is a 400.")
-_EXPLAIN = _query("explain", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no",
-                                                         "on", "off"]}, _EXPLAIN_DOC)
+_EXPLAIN = _query("explain", {"type": "string", "enum": [*ON_WORDS, *OFF_WORDS]}, _EXPLAIN_DOC)
 _CUSTOM_ATTRIBUTES = {
     "name": "X-Amzn-SageMaker-Custom-Attributes", "in": "header", "required": False,
     "schema": {"type": "string", "example": "explain=1"},

@@ -2,7 +2,8 @@
 
 Every target (the Flask container, Lambda, SageMaker) and the one gunicorn configuration read
 their knobs here and nowhere else. A bad value stops start-up with a single line that names the
-variable and what it accepts. The README's table "Serving settings" lists the same variables.
+variable and what it accepts. The documentation's settings table is generated from these
+declarations (`describe`).
 
 SageMaker sets its own platform variables (SAGEMAKER_BIND_TO_PORT, ...): on the `sagemaker`
 target they take precedence over ours for the same knob, so a container started by SageMaker
@@ -18,19 +19,18 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from services.core.cpus import default_threads, usable_cpus
+from services.core.preprocessing import DEFAULT_MAX_PIXELS
+from services.core.switches import WORDS_TEXT, parse_switch
 
 TARGETS = ("http", "lambda", "sagemaker")
 MIB = 1024 * 1024
-DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels per image; an MHIST patch is 224² = 50 k
 # Lambda's synchronous invoke payload limit is 6 MB for the whole event, and binary bodies
 # arrive base64-encoded (4/3 growth): 4.5 MB decoded is 6.0 MB of base64.
 LAMBDA_MAX_CONTENT_LENGTH = 4_500_000
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -67,12 +67,10 @@ def _positive_float(raw: str) -> float:
 
 
 def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise SettingsError("a boolean: 1/0, true/false, yes/no or on/off")
+    value = parse_switch(raw)
+    if value is None:
+        raise SettingsError(f"a boolean: {WORDS_TEXT}")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -141,86 +139,129 @@ def s3_location(raw: str) -> S3Location:
 
 @dataclass(frozen=True)
 class _Var:
-    """How one setting is read: its variable, the SageMaker platform's name, its parser."""
+    """How one setting is read: its variable, the SageMaker platform's name, its parser, and
+    what the documentation says of it (the settings table is generated from these)."""
 
     env: str
     parse: Callable[[str], Any]
+    doc: str
+    read_by: str = "F L S"  # F: the Flask container, L: Lambda, S: SageMaker
+    default_doc: str | None = None  # the default in words, where it depends on the target
     sagemaker_env: str | None = None
     sagemaker_parse: Callable[[str], Any] | None = None
 
 
-_VARS: dict[str, _Var] = {
-    "target": _Var("SERVING_TARGET", _target),
-    "model_path": _Var("MODEL_PATH", _optional_text),
-    "model_sha256": _Var("MODEL_SHA256", _optional_text),
-    "model_dir": _Var("SM_MODEL_DIR", _text),
-    "model_required": _Var("MODEL_REQUIRED", _bool),
-    "model_retry_seconds": _Var("MODEL_RETRY_SECONDS", _positive_float),
-    "max_content_length": _Var("MAX_CONTENT_LENGTH", _positive_int,
-                               "SAGEMAKER_MAX_PAYLOAD_IN_MB", _megabytes),
-    "max_batch": _Var("MAX_BATCH", _positive_int),
-    "max_image_pixels": _Var("MAX_IMAGE_PIXELS", _positive_int),
-    "api_token": _Var("MHIST_API_TOKEN", _optional_text),
-    "front_server": _Var("FRONT_SERVER", _front_server),
-    "host": _Var("HOST", _text),
-    "port": _Var("PORT", _positive_int, "SAGEMAKER_BIND_TO_PORT", _positive_int),
-    "workers": _Var("WEB_CONCURRENCY", _positive_int,
-                    "SAGEMAKER_MODEL_SERVER_WORKERS", _positive_int),
-    "threads": _Var("GUNICORN_THREADS", _positive_int),
-    "timeout": _Var("GUNICORN_TIMEOUT", _positive_int,
-                    "SAGEMAKER_MODEL_SERVER_TIMEOUT", _positive_int),
-    "graceful_timeout": _Var("GUNICORN_GRACEFUL_TIMEOUT", _positive_int),
-    "keepalive": _Var("GUNICORN_KEEPALIVE", _positive_int),
-    "max_requests": _Var("GUNICORN_MAX_REQUESTS", _non_negative_int),
-    "log_level": _Var("LOG_LEVEL", _log_level),
-    "ort_threads": _Var("ORT_INTRA_OP_THREADS", _positive_int),
-    "ort_spinning": _Var("ORT_SPINNING", _bool),
-    "cors_allow_origins": _Var("CORS_ALLOW_ORIGINS", _origins),
-    "emf_metrics": _Var("EMF_METRICS", _bool),
-    "emf_namespace": _Var("EMF_NAMESPACE", _text),
-    "function_name": _Var("AWS_LAMBDA_FUNCTION_NAME", _text),
-    "s3_input": _Var("S3_INPUT_URI", s3_location),
-    "s3_output": _Var("S3_OUTPUT_URI", s3_location),
-    "s3_max_object_bytes": _Var("S3_MAX_OBJECT_BYTES", _positive_int),
-}
+def setting(default: Any, env: str, parse: Callable[[str], Any], doc: str, **how: Any) -> Any:
+    """A Settings field and everything about its variable, declared in one place."""
+    return field(default=default, metadata={"var": _Var(env, parse, doc, **how)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every serving knob. Build it with `Settings.from_env()`; the README documents each."""
+    """Every serving knob, each declared once with its variable, parser and description.
+    Build it with `Settings.from_env()`."""
 
-    target: str = "http"
-    model_path: str | None = None
-    model_sha256: str | None = None  # expected digest (SageMaker's manifest.json), checked at load
-    model_dir: str = "/opt/ml/model"  # SageMaker extracts model.tar.gz here
-    model_required: bool = True
-    model_retry_seconds: float = 5.0
-    max_content_length: int = 10 * MIB
-    max_batch: int = 16
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    api_token: str | None = None
-    # "nginx": a buffering front server before gunicorn (the images); "none": gunicorn alone.
-    front_server: str = "none"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    threads: int = 1
-    timeout: int = 30
-    graceful_timeout: int = 8
-    keepalive: int = 5
-    max_requests: int = 0  # 0: never recycle workers
-    log_level: str = "info"
-    ort_threads: int = 1
-    ort_spinning: bool = False
-    cors_allow_origins: tuple[str, ...] = ()  # empty: no CORS headers
-    emf_metrics: bool = False
-    emf_namespace: str = "MhistClassifier"
-    function_name: str = "local"
-    # Lambda's S3 flow (services/adapters/s3_events.py): objects under s3_input → results
-    # under s3_output; both or neither.
-    s3_input: S3Location | None = None
-    s3_output: S3Location | None = None
-    s3_max_object_bytes: int = 10 * MIB
+    target: str = setting(
+        "http", "SERVING_TARGET", _target,
+        "which platform runs the app: the Lambda adapter sets `lambda`, `serve` sets "
+        "`sagemaker`")
+    model_path: str | None = setting(
+        None, "MODEL_PATH", _optional_text, "the ONNX file to serve",
+        default_doc="F: required; L: `/opt/model/model.onnx`; S: found in `SM_MODEL_DIR`")
+    model_sha256: str | None = setting(
+        None, "MODEL_SHA256", _optional_text,
+        "expected SHA-256 of the model file, checked at load (SageMaker's manifest.json)",
+        read_by="S")
+    model_dir: str = setting(
+        "/opt/ml/model", "SM_MODEL_DIR", _text,
+        "where SageMaker extracts model.tar.gz", read_by="S")
+    model_required: bool = setting(
+        True, "MODEL_REQUIRED", _bool,
+        "with 0 the app starts without a model, answers 503 on `/ready` and retries the load "
+        "every `MODEL_RETRY_SECONDS`")
+    model_retry_seconds: float = setting(
+        5.0, "MODEL_RETRY_SECONDS", _positive_float,
+        "seconds between load attempts when `MODEL_REQUIRED=0`")
+    max_content_length: int = setting(
+        10 * MIB, "MAX_CONTENT_LENGTH", _positive_int,
+        "largest request body in bytes, chunked bodies included (413 above); SageMaker's "
+        "variable is in MB",
+        sagemaker_env="SAGEMAKER_MAX_PAYLOAD_IN_MB", sagemaker_parse=_megabytes)
+    max_batch: int = setting(16, "MAX_BATCH", _positive_int,
+                             "most images in one `/predict/batch` or JSON `/invocations` batch")
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, "MAX_IMAGE_PIXELS", _positive_int,
+        "most decoded pixels in one image", default_doc="4096² = 16,777,216")
+    api_token: str | None = setting(
+        None, "MHIST_API_TOKEN", _optional_text,
+        "when set, every route except `/health`, `/ready`, `/ping` and the upload page needs "
+        "`Authorization: Bearer TOKEN`")
+    front_server: str = setting(
+        "none", "FRONT_SERVER", _front_server,
+        "`nginx`: a buffering front server before gunicorn (the Flask and SageMaker images set "
+        "it); `none`: gunicorn alone", read_by="F S")
+    host: str = setting("127.0.0.1", "HOST", _text, "address to listen on",
+                        default_doc="127.0.0.1; the images and S: 0.0.0.0", read_by="F S")
+    port: int = setting(8000, "PORT", _positive_int, "port to listen on",
+                        default_doc="8000; the images and S: 8080", read_by="F S",
+                        sagemaker_env="SAGEMAKER_BIND_TO_PORT", sagemaker_parse=_positive_int)
+    workers: int = setting(
+        1, "WEB_CONCURRENCY", _positive_int,
+        "gunicorn worker processes; each builds its own ONNX Runtime session",
+        default_doc="usable CPUs, at most 4; S: one per CPU", read_by="F S",
+        sagemaker_env="SAGEMAKER_MODEL_SERVER_WORKERS", sagemaker_parse=_positive_int)
+    threads: int = setting(
+        1, "GUNICORN_THREADS", _positive_int,
+        "threads per worker (above 1: gthread workers)",
+        default_doc="1; S: 2, so `/ping` answers while an invocation runs", read_by="F S")
+    timeout: int = setting(
+        30, "GUNICORN_TIMEOUT", _positive_int,
+        "seconds before a busy worker is killed; nginx gives up 5 s later",
+        default_doc="30 s; S: 60 s", read_by="F S",
+        sagemaker_env="SAGEMAKER_MODEL_SERVER_TIMEOUT", sagemaker_parse=_positive_int)
+    graceful_timeout: int = setting(
+        8, "GUNICORN_GRACEFUL_TIMEOUT", _positive_int,
+        "seconds a worker gets to finish its request after SIGTERM",
+        default_doc="8 s (inside the 10 s `docker stop` waits); S: 25 s (inside SageMaker's 30 s)",
+        read_by="F S")
+    keepalive: int = setting(5, "GUNICORN_KEEPALIVE", _positive_int,
+                             "seconds an idle keep-alive connection stays open", read_by="F S")
+    max_requests: int = setting(0, "GUNICORN_MAX_REQUESTS", _non_negative_int,
+                                "requests before a worker is recycled (0: never)", read_by="F S")
+    log_level: str = setting("info", "LOG_LEVEL", _log_level,
+                             "debug, info, warning, error or critical")
+    ort_threads: int = setting(
+        1, "ORT_INTRA_OP_THREADS", _positive_int,
+        "ONNX Runtime intra-op threads per worker, sized from the container's CPU "
+        "quota rather than the host's cores",
+        default_doc="usable CPUs ÷ (workers × threads), at least 1")
+    ort_spinning: bool = setting(
+        False, "ORT_SPINNING", _bool,
+        "spinning intra-op threads busy-wait for work: pays off only when one process owns the "
+        "CPUs")
+    cors_allow_origins: tuple[str, ...] = setting(
+        (), "CORS_ALLOW_ORIGINS", _origins,
+        "`*` or comma-separated origins allowed to call the API from a browser (empty: no CORS "
+        "headers)")
+    emf_metrics: bool = setting(
+        False, "EMF_METRICS", _bool,
+        "with 1 each log line is also a CloudWatch embedded-metric-format record")
+    emf_namespace: str = setting("MhistClassifier", "EMF_NAMESPACE", _text,
+                                 "CloudWatch namespace of the EMF records")
+    function_name: str = setting("local", "AWS_LAMBDA_FUNCTION_NAME", _text,
+                                 "set by Lambda; names the function in logs and metrics",
+                                 read_by="L")
+    s3_input: S3Location | None = setting(  # noqa: RUF009 -- setting() returns a field
+        None, "S3_INPUT_URI", s3_location,
+        "`s3://BUCKET/PREFIX`: classify objects created here (the S3 flow; needs "
+        "`S3_OUTPUT_URI`)", read_by="L")
+    s3_output: S3Location | None = setting(  # noqa: RUF009 -- setting() returns a field
+        None, "S3_OUTPUT_URI", s3_location,
+        "`s3://BUCKET/PREFIX`: where the result of key K is written as K.json; never under "
+        "the input", read_by="L")
+    s3_max_object_bytes: int = setting(
+        10 * MIB, "S3_MAX_OBJECT_BYTES", _positive_int,
+        "a larger object gets an error result instead of being read", read_by="L")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -249,6 +290,7 @@ class Settings:
         return "gthread" if self.threads > 1 else "sync"
 
 
+_VARS: dict[str, _Var] = {f.name: f.metadata["var"] for f in fields(Settings)}
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
@@ -331,3 +373,32 @@ def _parse(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
 def variables() -> dict[str, tuple[str, str | None]]:
     """Setting name → (our variable, SageMaker's variable or None), for docs and tests."""
     return {name: (var.env, var.sagemaker_env) for name, var in _VARS.items()}
+
+
+def describe() -> list[dict[str, str]]:
+    """One row per setting, in declaration order, for the generated settings table: variable,
+    default (per target where they differ; in words where it depends on the machine), read by,
+    SageMaker's name, what it does."""
+    per_target = {target: Settings.from_env({}, {"SERVING_TARGET": target})
+                  for target in TARGETS}
+    rows = []
+    for name, var in _VARS.items():
+        shown = {target: _shown(getattr(values, name)) for target, values in per_target.items()}
+        default = var.default_doc or (shown["http"] if len(set(shown.values())) == 1 else "; ".join(
+            f"{_TARGET_LETTER[target]}: {text}" for target, text in shown.items()))
+        rows.append({"variable": var.env, "default": default, "read_by": var.read_by,
+                     "sagemaker": var.sagemaker_env or "", "doc": var.doc})
+    return rows
+
+
+_TARGET_LETTER = {"http": "F", "lambda": "L", "sagemaker": "S"}
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int) and value >= MIB and value % MIB == 0:
+        return f"{value // MIB} MiB"
+    return f"`{value}`" if isinstance(value, str) else str(value)
