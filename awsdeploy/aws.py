@@ -6,8 +6,8 @@
 - ECR: `ensure_repository` (immutable tags, scan on push, lifecycle policy keeping N images),
   `ecr_login`, `build_and_push` (docker or podman via awsdeploy.containers; refuses to move a
   tag to another image), `delete_repository`.
-- Settings, from the environment: `region_name`, `endpoint_url` (AWS_ENDPOINT_URL) and
-  `registry_override` (ECR_REGISTRY_OVERRIDE).
+- Settings, from the environment: `region_name` (declared in awsdeploy.cli), `endpoint_url`
+  (AWS_ENDPOINT_URL) and `registry_override` (ECR_REGISTRY_OVERRIDE).
 - IAM: `ensure_role` (trust policy + exactly the managed policies asked for + inline policies),
   `delete_role`.
 """
@@ -28,27 +28,18 @@ from typing import Any, TextIO, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 from awsdeploy import containers
+from awsdeploy.cli import DEFAULT_REGION, DeployError, region_name
 from awsdeploy.oci import Registry, RegistryError, held_by_tag
 
-DEFAULT_REGION = "us-east-1"
+__all__ = ["DEFAULT_REGION", "region_name"]  # declared once, in awsdeploy.cli
 T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
 # Sessions and clients
-
-
-def region_name(explicit: str | None = None) -> str:
-    """--region, else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1."""
-    return (
-        explicit
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or DEFAULT_REGION
-    )
 
 
 def endpoint_url() -> str | None:
@@ -98,7 +89,12 @@ def _is_loopback(hostname: str) -> bool:
 
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.Session:
-    return boto3.Session(region_name=region_name(region), profile_name=profile)
+    """A boto3 session that has credentials: NoCredentialsError (PartialCredentialsError,
+    ProfileNotFound) now, before any step, rather than at the first call."""
+    made = boto3.Session(region_name=region_name(region), profile_name=profile)
+    if made.get_credentials() is None:
+        raise NoCredentialsError()
+    return made
 
 
 def client(service: str, aws_session: boto3.Session | None = None, region: str | None = None):
@@ -315,8 +311,8 @@ def build_and_push(ecr, repository_uri: str, tag: str, dockerfile: str | Path,
 
 
 # Errors of the build-login-push path that the deploy CLIs print as one line.
-PUSH_ERRORS = (SettingsError, containers.RegistryLoginError, containers.PushFailed,
-               RegistryError, PushRefused)
+PUSH_ERRORS = (SettingsError, containers.EngineUnavailable, containers.RegistryLoginError,
+               containers.PushFailed, RegistryError, PushRefused)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +354,16 @@ def ensure_role(iam, name: str, service: str, managed_policies: list[str],
         note(f"created IAM role {name} trusted by {service}")
     attached = {p["PolicyArn"] for p in _attached_policies(iam, name)}
     for arn in sorted(set(managed_policies) - attached):
-        iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+        try:
+            iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            raise DeployError(
+                f"IAM policy {arn} does not exist, so role {name} cannot get it: in AWS this "
+                "managed policy always exists (check the region's partition); against moto, "
+                "start the moto server with MOTO_IAM_LOAD_MANAGED_POLICIES=true in its "
+                "environment") from None
         note(f"attached {arn}")
     for arn in sorted(attached - set(managed_policies)):
         iam.detach_role_policy(RoleName=name, PolicyArn=arn)

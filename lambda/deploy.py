@@ -4,6 +4,7 @@
     python lambda/deploy.py deploy --image-uri ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG
     python lambda/deploy.py deploy ... --s3-input s3://BUCKET/PREFIX --s3-output s3://BUCKET/PREFIX
     python lambda/deploy.py destroy [--keep-repository]
+    python lambda/deploy.py template > lambda/template.yaml     # the same stack for AWS SAM
     add --dry-run to print the plan without calling AWS.
 
 With --s3-input/--s3-output the function also classifies every object created under the input
@@ -13,7 +14,14 @@ input prefix and writes the output prefix, nothing more. The buckets are yours: 
 
 `deploy` is idempotent (create or update every resource); `destroy` removes what `deploy`
 made and is re-runnable. AWS_ENDPOINT_URL points every client elsewhere (moto in server mode
-in the tests). lambda/template.yaml (AWS SAM) describes the same stack.
+in the tests).
+
+This file is the one definition of the stack: `template` writes it as an AWS SAM template
+(lambda/template.yaml is that output, committed for `sam build` / `sam deploy`; never edit it
+by hand) from the same constants and policy functions `deploy` uses.
+
+Errors a user can fix are one line on stderr (awsdeploy.cli): exit status 2 for a wrong
+command line, 1 for a wrong environment (credentials, access, the account, the engine).
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from botocore.exceptions import ClientError
 
-from awsdeploy import aws
+from awsdeploy import aws, cli
 from awsdeploy.aws import Plan
+from awsdeploy.cli import PLATFORMS, DeployError, UsageError
 from services.web.settings import S3Location, Settings, SettingsError, s3_location
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +50,15 @@ ROUTES = ("ANY /{proxy+}", "ANY /")
 HTTP_API_MAX_TIMEOUT_MS = 30_000  # API Gateway HTTP API integration ceiling
 S3_POLICY = "s3-input-output"  # the role's inline policy for the S3 flow
 S3_STATEMENT = "s3-input"  # the function policy statement letting the input bucket invoke it
-PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
+PRINCIPAL = "lambda.amazonaws.com"
+FUNCTION_DESCRIPTION = "MHIST polyp classifier (ONNX Runtime) behind an HTTP API"
+PAYLOAD_FORMAT_VERSION = "2.0"
+DEFAULT_MODEL = "artifacts/model.int8.onnx"
+DEFAULT_ARCHITECTURE = "x86_64"
+DEFAULT_MEMORY_MB = 2048
+DEFAULT_TIMEOUT_S = 30
+MEMORY_MB = (128, 10_240)  # what Lambda allows
+TIMEOUT_S = (1, 900)
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,7 @@ def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
     clients = None if plan.dry_run else _clients(region)
     repository_uri = f"<account>.dkr.ecr.{region}.amazonaws.com/{names.repository}"
 
-    if plan.step(f"ensure ECR repository {names.repository} (scan on push, lifecycle keeps "
+    if plan.step(f"ensure ECR repository {repository_uri} (scan on push, lifecycle keeps "
                  f"{args.keep_images} images)"):
         repository_uri = aws.ensure_repository(clients["ecr"], names.repository,
                                                args.keep_images, plan.note)
@@ -84,13 +102,13 @@ def deploy(args: argparse.Namespace, plan: Plan) -> dict | None:
 
     s3 = s3_locations(args)
     role_arn = f"arn:aws:iam::<account>:role/{names.role}"
-    if plan.step(f"ensure IAM role {names.role}: trusted by lambda.amazonaws.com, only "
+    if plan.step(f"ensure IAM role {names.role}: trusted by {PRINCIPAL}, only "
                  f"{BASIC_EXECUTION_POLICY} attached" + (
                      f"; inline policy {S3_POLICY}: read {s3[0]}*, write {s3[1]}*" if s3
                      else "")):
         _check_buckets(clients["s3"], s3)
         role_arn = aws.ensure_role(
-            clients["iam"], names.role, "lambda.amazonaws.com",
+            clients["iam"], names.role, PRINCIPAL,
             [aws.managed_policy_arn(BASIC_EXECUTION_POLICY, region)],
             inline_policies={S3_POLICY: s3_policy(*s3, aws.partition(region))} if s3 else None,
             description=f"execution role of the {names.function} Lambda function",
@@ -162,7 +180,7 @@ def ensure_function(lam, name: str, image_uri: str, role_arn: str, args: argpars
         "MemorySize": args.memory,
         "Timeout": args.timeout,
         "Environment": {"Variables": _environment(args)},
-        "Description": "MHIST polyp classifier (ONNX Runtime) behind an HTTP API",
+        "Description": FUNCTION_DESCRIPTION,
     }
     found = aws.ignore_missing(lam.get_function, FunctionName=name)
     if found is None:
@@ -201,7 +219,7 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--env {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         variables[key] = value
     return variables
 
@@ -212,11 +230,7 @@ def _wait(lam, waiter: str, name: str) -> None:
 
 def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Namespace,
                     plan: Plan) -> dict:
-    """HTTP API → one AWS_PROXY integration (payload 2.0) → the routes → $default stage.
-
-    Declarative: routes other than ROUTES (e.g. the fixed `POST /predict` and `GET /health` of
-    older deploys) are deleted, and so are integrations no route targets any more.
-    """
+    """HTTP API → one AWS_PROXY integration (payload 2.0) → ROUTES → $default stage."""
     api = _find_api(api_client, name)
     cors = _cors_configuration(args.cors_origins)
     if api is None:
@@ -243,41 +257,33 @@ def ensure_http_api(api_client, name: str, function_arn: str, args: argparse.Nam
 
 
 def _ensure_routes(api_client, api_id: str, integration_id: str, plan: Plan) -> None:
-    """Exactly ROUTES, each once, each targeting the integration; anything else is deleted."""
+    """Each of ROUTES, targeting the integration."""
     target = f"integrations/{integration_id}"
-    kept: set[str] = set()
-    for route in _items(api_client.get_routes, ApiId=api_id):
-        key = route["RouteKey"]
-        if key not in ROUTES or key in kept:  # stale, or a duplicate of one already kept
-            api_client.delete_route(ApiId=api_id, RouteId=route["RouteId"])
-            plan.note(f"deleted stale route {key}")
+    found = {r["RouteKey"]: r for r in _items(api_client.get_routes, ApiId=api_id)}
+    for key in ROUTES:
+        route = found.get(key)
+        if route is None:
+            api_client.create_route(ApiId=api_id, RouteKey=key, Target=target)
+            plan.note(f"created route {key} → {target}")
             continue
-        kept.add(key)
         if route.get("Target") != target:
             api_client.update_route(ApiId=api_id, RouteId=route["RouteId"], Target=target)
         plan.note(f"route {key} → {target}")
-    for key in ROUTES:
-        if key not in kept:
-            api_client.create_route(ApiId=api_id, RouteKey=key, Target=target)
-            plan.note(f"created route {key} → {target}")
-    for integration in _items(api_client.get_integrations, ApiId=api_id):
-        if integration["IntegrationId"] != integration_id:  # no route targets it any more
-            api_client.delete_integration(ApiId=api_id,
-                                          IntegrationId=integration["IntegrationId"])
-            plan.note(f"deleted unused integration {integration['IntegrationId']}")
 
 
 def _cors_configuration(origins: str | None) -> dict:
     """API-level CORS (API Gateway answers preflights itself; the handler's env covers URLs/ALB)."""
     if not origins:
         return {}
-    return {"CorsConfiguration": {
-        "AllowOrigins": [o.strip() for o in origins.split(",") if o.strip()],
-        "AllowMethods": ["GET", "POST", "OPTIONS"],
-        "AllowHeaders": ["content-type", "authorization", "x-request-id"],
-        "ExposeHeaders": ["x-request-id"],
-        "MaxAge": 600,
-    }}
+    return {"CorsConfiguration": cors_settings(
+        [o.strip() for o in origins.split(",") if o.strip()])}
+
+
+def cors_settings(allow_origins: list[str] | dict) -> dict:
+    """The API's CorsConfiguration (origins: a list, or a template's Ref)."""
+    return {"AllowOrigins": allow_origins, "AllowMethods": ["GET", "POST", "OPTIONS"],
+            "AllowHeaders": ["content-type", "authorization", "x-request-id"],
+            "ExposeHeaders": ["x-request-id"], "MaxAge": 600}
 
 
 def _ensure_integration(api_client, api_id: str, function_arn: str, timeout_s: int) -> str:
@@ -285,7 +291,7 @@ def _ensure_integration(api_client, api_id: str, function_arn: str, timeout_s: i
         "IntegrationType": "AWS_PROXY",
         "IntegrationUri": function_arn,
         "IntegrationMethod": "POST",
-        "PayloadFormatVersion": "2.0",
+        "PayloadFormatVersion": PAYLOAD_FORMAT_VERSION,
         "TimeoutInMillis": min(timeout_s * 1000, HTTP_API_MAX_TIMEOUT_MS),
     }
     for integration in _items(api_client.get_integrations, ApiId=api_id):
@@ -299,7 +305,7 @@ def _ensure_integration(api_client, api_id: str, function_arn: str, timeout_s: i
 def _find_api(api_client, name: str) -> dict | None:
     matches = [a for a in _items(api_client.get_apis) if a["Name"] == name]
     if len(matches) > 1:
-        raise SystemExit(f"{len(matches)} HTTP APIs are named {name}; delete the extras or pass "
+        raise DeployError(f"{len(matches)} HTTP APIs are named {name}; delete the extras or pass "
                          "--api-name")
     return matches[0] if matches else None
 
@@ -317,10 +323,7 @@ def _items(call, **kwargs) -> list[dict]:
 
 def ensure_invoke_permission(lam, function: str, api_id: str, source_arn: str,
                              plan: Plan) -> None:
-    """lambda:InvokeFunction for apigateway.amazonaws.com from this API only (all routes).
-
-    A statement with another SourceArn (e.g. `apiId/*` of older deploys) is replaced.
-    """
+    """lambda:InvokeFunction for apigateway.amazonaws.com from this API only (all routes)."""
     ensure_permission(lam, function, f"apigateway-{api_id}", "apigateway.amazonaws.com",
                       source_arn, plan)
 
@@ -362,12 +365,16 @@ def s3_policy(source: S3Location, results: S3Location, partition: str) -> dict:
     """Read the input prefix, read and write the output prefix (the HEAD that makes a
     redelivered event cheap is a GetObject). No s3:ListBucket: without it S3 answers a HEAD of
     a missing result with 403, which the flow takes as "no result yet"."""
+    return s3_policy_document(source.arn(partition), results.arn(partition))
+
+
+def s3_policy_document(read: str | dict, write: str | dict) -> dict:
+    """s3_policy for resource ARNs (strings, or a template's Fn::Sub)."""
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "ReadInput", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": source.arn(partition)},
+         "Action": ["s3:GetObject", "s3:GetObjectVersion"], "Resource": read},
         {"Sid": "WriteResults", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
-         "Resource": results.arn(partition)},
+         "Resource": write},
     ]}
 
 
@@ -376,7 +383,9 @@ def _check_buckets(s3, locations: tuple[S3Location, S3Location] | None) -> None:
         try:
             s3.head_bucket(Bucket=location.bucket)
         except ClientError as exc:
-            raise SystemExit(f"bucket {location.bucket} ({location}): "
+            if aws.error_code(exc) not in ("404", "NoSuchBucket", "403"):
+                raise
+            raise DeployError(f"bucket {location.bucket} ({location}): "
                              f"{aws.error_code(exc) or 'no access'}; deploy.py does not create "
                              "data buckets: create it, or fix --s3-input/--s3-output") from None
 
@@ -440,7 +449,7 @@ def ensure_s3_notification(s3, function: str, function_arn: str, source: S3Locat
         s3.put_bucket_notification_configuration(Bucket=source.bucket,
                                                  NotificationConfiguration=config)
     except ClientError as exc:  # e.g. overlapping prefixes with another notification
-        raise SystemExit(f"cannot set the notification on bucket {source.bucket}: "
+        raise DeployError(f"cannot set the notification on bucket {source.bucket}: "
                          f"{aws.error_code(exc)}: {exc.response['Error'].get('Message')}"
                          ) from None
     plan.note(f"bucket {source.bucket} notifies {function} of s3:ObjectCreated:* under "
@@ -500,46 +509,216 @@ def destroy(args: argparse.Namespace, plan: Plan) -> None:
         aws.delete_repository(clients["ecr"], names.repository, plan.note)
 
 
+# --- the same stack as an AWS SAM template ------------------------------------------------------
+
+TEMPLATE_HEADER = """\
+# GENERATED by `python lambda/deploy.py template > lambda/template.yaml`: do not edit.
+# lambda/deploy.py is the one definition of this stack; change it there and regenerate.
+"""
+
+
+def sam_template() -> dict:
+    """The stack `deploy` makes, for `sam build` + `sam deploy`, from deploy's own constants.
+
+    The ECR repository stays outside (the image is pushed before the function exists). S3:
+    CloudFormation adds a notification only to a bucket it creates, so with S3InputBucket set
+    this stack CREATES the input bucket (deploy.py --s3-input takes an existing one).
+    """
+    def sub(text: str) -> dict:
+        return {"Fn::Sub": text}
+
+    def ref(name: str) -> dict:
+        return {"Ref": name}
+
+    def if_(condition: str, then, otherwise) -> dict:
+        return {"Fn::If": [condition, then, otherwise]}
+
+    no_value = ref("AWS::NoValue")
+    results_bucket = if_("ResultsInInputBucket", ref("S3InputBucket"), ref("S3OutputBucket"))
+    bucket_pattern = "^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    parameters = {
+        "ImageUri": {"Type": "String",
+                     "Description": "ECR image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG)"
+                                    "; sam build sets it."},
+        "Architecture": {"Type": "String", "AllowedValues": sorted(PLATFORMS),
+                         "Default": DEFAULT_ARCHITECTURE,
+                         "Description": "Must match the platform the image was built for."},
+        "MemorySize": {"Type": "Number", "Default": DEFAULT_MEMORY_MB, "MinValue": MEMORY_MB[0],
+                       "MaxValue": MEMORY_MB[1],
+                       "Description": "MB; CPU share grows with memory (1769 MB = one vCPU)."},
+        "Timeout": {"Type": "Number", "Default": DEFAULT_TIMEOUT_S, "MinValue": TIMEOUT_S[0],
+                    "MaxValue": TIMEOUT_S[1],
+                    "Description": "Seconds; an HTTP API integration waits at most "
+                                   f"{HTTP_API_MAX_TIMEOUT_MS // 1000} s."},
+        "ReservedConcurrency": {"Type": "Number", "Default": -1, "MinValue": -1,
+                                "Description": "Reserved (and maximum) concurrent executions; "
+                                               "-1 leaves it unreserved."},
+        "CorsOrigins": {"Type": "CommaDelimitedList", "Default": "",
+                        "Description": 'Allowed browser origins ("*" for any); empty disables '
+                                       "CORS."},
+        "EmfMetrics": {"Type": "String", "AllowedValues": ["0", "1"], "Default": "1",
+                       "Description": "CloudWatch embedded-metric-format latency and inference "
+                                      "time in the logs."},
+        "S3InputBucket": {"Type": "String", "Default": "", "AllowedPattern": bucket_pattern,
+                          "Description": "Name of a NEW bucket this stack creates; every object "
+                                         "created under S3InputPrefix is classified. Empty "
+                                         "leaves S3 out."},
+        "S3InputPrefix": {"Type": "String", "Default": "incoming/", "AllowedPattern": "^.+/$",
+                          "Description": "Folder of the input bucket to watch (ends with /)."},
+        "S3OutputBucket": {"Type": "String", "Default": "", "AllowedPattern": bucket_pattern,
+                           "Description": "Existing bucket for the results; empty means the "
+                                          "input bucket."},
+        "S3OutputPrefix": {"Type": "String", "Default": "results/",
+                           "AllowedPattern": "^.*/$|^$",
+                           "Description": "The result of key K is S3OutputPrefix + K + .json; "
+                                          "in the input bucket it must lie outside "
+                                          "S3InputPrefix."},
+    }
+    conditions = {
+        "HasReservedConcurrency": {"Fn::Not": [{"Fn::Equals": [ref("ReservedConcurrency"), -1]}]},
+        "HasCors": {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", ref("CorsOrigins")]}, ""]}]},
+        "HasS3": {"Fn::Not": [{"Fn::Equals": [ref("S3InputBucket"), ""]}]},
+        "ResultsInInputBucket": {"Fn::Equals": [ref("S3OutputBucket"), ""]},
+    }
+    s3_document = s3_policy_document(
+        sub("arn:${AWS::Partition}:s3:::${S3InputBucket}/${S3InputPrefix}*"),
+        {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/${S3OutputPrefix}*",
+                     {"Bucket": results_bucket}]})
+    events = {}
+    for route in ROUTES:
+        method, path = route.split(" ", 1)
+        events["Root" if path == "/" else "Proxy"] = {"Type": "HttpApi", "Properties": {
+            "ApiId": ref("HttpApi"), "Method": method, "Path": path,
+            "PayloadFormatVersion": PAYLOAD_FORMAT_VERSION,
+            "TimeoutInMillis": HTTP_API_MAX_TIMEOUT_MS}}
+    resources = {
+        "ExecutionRole": {"Type": "AWS::IAM::Role", "Properties": {
+            "Description": "Execution role of the MHIST classifier function",
+            "AssumeRolePolicyDocument": aws.trust_policy(PRINCIPAL),
+            "ManagedPolicyArns": [
+                sub(f"arn:${{AWS::Partition}}:iam::aws:policy/{BASIC_EXECUTION_POLICY}")],
+            "Policies": if_("HasS3", [{"PolicyName": S3_POLICY, "PolicyDocument": s3_document}],
+                            no_value)}},
+        "HttpApi": {"Type": "AWS::Serverless::HttpApi", "Properties": {
+            # No StageName: SAM creates the $default stage with auto-deploy.
+            "CorsConfiguration": if_("HasCors", cors_settings(ref("CorsOrigins")), no_value)}},
+        "ClassifierFunction": {"Type": "AWS::Serverless::Function", "Properties": {
+            "Description": FUNCTION_DESCRIPTION,
+            "PackageType": "Image",
+            "ImageUri": ref("ImageUri"),
+            "Architectures": [ref("Architecture")],
+            "MemorySize": ref("MemorySize"),
+            "Timeout": ref("Timeout"),
+            "Role": {"Fn::GetAtt": ["ExecutionRole", "Arn"]},
+            "ReservedConcurrentExecutions": if_("HasReservedConcurrency",
+                                                ref("ReservedConcurrency"), no_value),
+            "Environment": {"Variables": {
+                "EMF_METRICS": ref("EmfMetrics"),
+                "CORS_ALLOW_ORIGINS": {"Fn::Join": [",", ref("CorsOrigins")]},
+                "S3_INPUT_URI": if_("HasS3", sub("s3://${S3InputBucket}/${S3InputPrefix}"), ""),
+                "S3_OUTPUT_URI": if_("HasS3", {"Fn::Sub": ["s3://${Bucket}/${S3OutputPrefix}",
+                                                           {"Bucket": results_bucket}]}, ""),
+            }},
+            "Events": events,
+        }, "Metadata": {"Dockerfile": "lambda/Dockerfile", "DockerContext": "..",
+                        "DockerTag": "latest",
+                        "DockerBuildArgs": {"MODEL_FILE": DEFAULT_MODEL}}},
+        # The permission first (S3 checks it when the notification is put); the bucket by
+        # parameter, not Ref, so the permission does not depend on the bucket.
+        "S3InvokePermission": {"Type": "AWS::Lambda::Permission", "Condition": "HasS3",
+                               "Properties": {
+                                   "FunctionName": {"Fn::GetAtt": ["ClassifierFunction", "Arn"]},
+                                   "Action": "lambda:InvokeFunction",
+                                   "Principal": "s3.amazonaws.com",
+                                   "SourceArn": sub("arn:${AWS::Partition}:s3:::${S3InputBucket}"),
+                                   "SourceAccount": ref("AWS::AccountId")}},
+        "InputBucket": {"Type": "AWS::S3::Bucket", "Condition": "HasS3",
+                        "DependsOn": "S3InvokePermission",
+                        "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
+                        "Properties": {
+                            "BucketName": ref("S3InputBucket"),
+                            "PublicAccessBlockConfiguration": {
+                                "BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
+                            "NotificationConfiguration": {"LambdaConfigurations": [{
+                                "Event": "s3:ObjectCreated:*",
+                                "Function": {"Fn::GetAtt": ["ClassifierFunction", "Arn"]},
+                                "Filter": {"S3Key": {"Rules": [
+                                    {"Name": "prefix", "Value": ref("S3InputPrefix")}]}},
+                            }]}}},
+    }
+    outputs = {
+        "InvokeUrl": {"Description": "Base URL of every route of the Flask app",
+                      "Value": sub("https://${HttpApi}.execute-api.${AWS::Region}."
+                                   "${AWS::URLSuffix}")},
+        "FunctionArn": {"Value": {"Fn::GetAtt": ["ClassifierFunction", "Arn"]}},
+        "ExecutionRoleArn": {"Value": {"Fn::GetAtt": ["ExecutionRole", "Arn"]}},
+        "S3InputUri": {"Condition": "HasS3",
+                       "Value": sub("s3://${InputBucket}/${S3InputPrefix}")},
+    }
+    return {"AWSTemplateFormatVersion": "2010-09-09",
+            "Transform": "AWS::Serverless-2016-10-31",
+            "Description": "MHIST polyp classifier on AWS Lambda (container image, ONNX Runtime) "
+                           "behind an HTTP API; generated from lambda/deploy.py.",
+            "Parameters": parameters, "Conditions": conditions, "Resources": resources,
+            "Outputs": outputs}
+
+
+def template_text() -> str:
+    return TEMPLATE_HEADER + yaml.safe_dump(sam_template(), sort_keys=False, width=100)
+
+
 # --- command line -----------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Deploy or destroy the MHIST Lambda target.")
+    parser = cli.parser(description="Deploy or destroy the MHIST Lambda target, or print it "
+                                    "as an AWS SAM template.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in ("deploy", "destroy"):
-        p = sub.add_parser(command, help=f"{command} the stack")
+        p = sub.add_parser(command, help=f"{command} the stack", formatter_class=cli.HelpFormatter)
         p.add_argument("--name", default="mhist-classifier", help="function name (and prefix)")
-        p.add_argument("--repository", default=None, help="ECR repository (default NAME-lambda)")
-        p.add_argument("--role-name", default=None, help="IAM role (default NAME-lambda-role)")
-        p.add_argument("--api-name", default=None, help="HTTP API name (default NAME-http-api)")
-        p.add_argument("--region", default=None, help="AWS region (default from the env)")
+        p.add_argument("--repository", default=None,
+                       help="ECR repository (default: NAME-lambda)")
+        p.add_argument("--role-name", default=None, help="IAM role (default: NAME-lambda-role)")
+        p.add_argument("--api-name", default=None,
+                       help="HTTP API name (default: NAME-http-api)")
+        cli.add_region_argument(p)
         p.add_argument("--dry-run", action="store_true", help="print the plan, call nothing")
+    sub.add_parser("template", help="print the stack as an AWS SAM template (YAML)",
+                   formatter_class=cli.HelpFormatter)
     dep = sub.choices["deploy"]
     dep.add_argument("--image-uri", default=None,
-                     help="use this pushed image and skip build + push")
-    dep.add_argument("--model", default="artifacts/model.int8.onnx",
-                     help="ONNX file (inside the repository) baked into the image")
+                     help="use this pushed image and skip build + push (default: build "
+                          "lambda/Dockerfile with --model and push it)")
+    dep.add_argument("--model", default=DEFAULT_MODEL,
+                     help="ONNX file baked into the image; it must lie inside the repository "
+                          "(the build context), relative to its root or absolute")
     dep.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"),
                      help="image tag to push; tags are immutable, so a tag that holds "
                           "another image is refused (default: a timestamp)")
-    dep.add_argument("--architecture", choices=sorted(PLATFORMS), default="x86_64",
+    dep.add_argument("--architecture", choices=sorted(PLATFORMS), default=DEFAULT_ARCHITECTURE,
                      help="function architecture (arm64 is cheaper per GB-second)")
-    dep.add_argument("--memory", type=int, default=2048,
+    dep.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MB,
                      help="MB; Lambda gives CPU in proportion (1769 MB = one vCPU)")
-    dep.add_argument("--timeout", type=int, default=30, help="seconds (HTTP API caps at 30)")
+    dep.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S,
+                     help="seconds (HTTP API caps at 30)")
     dep.add_argument("--reserved-concurrency", type=int, default=None,
-                     help="reserve (and cap) concurrent executions; default unreserved")
+                     help="reserve (and cap) concurrent executions (default: unreserved)")
     dep.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                     help="extra environment variable for the function (repeatable)")
+                     help="extra environment variable for the function (repeatable; "
+                          "default: none)")
     dep.add_argument("--cors-origins", default=None,
-                     help="comma-separated allowed origins ('*' for any); default no CORS")
+                     help="comma-separated allowed origins ('*' for any) (default: no CORS)")
     dep.add_argument("--emf", action=argparse.BooleanOptionalAction, default=True,
                      help="CloudWatch EMF metrics (latency, inference time) in the logs")
     dep.add_argument("--keep-images", type=int, default=10,
                      help="ECR lifecycle policy keeps this many images")
     dep.add_argument("--s3-input", default=None, metavar="s3://BUCKET/PREFIX",
-                     help="classify every object created under this prefix (with --s3-output)")
+                     help="classify every object created under this prefix (with --s3-output; "
+                          "default: no S3 trigger)")
     dep.add_argument("--s3-output", default=None, metavar="s3://BUCKET/PREFIX",
-                     help="where the result of key K goes: PREFIX/K.json (with --s3-input)")
+                     help="where the result of key K goes: PREFIX/K.json (with --s3-input; "
+                          "default: no S3 trigger)")
     sub.choices["destroy"].add_argument("--keep-repository", action="store_true",
                                         help="leave the ECR repository and its images")
     return parser
@@ -547,38 +726,60 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.command == "template":
+        sys.stdout.write(template_text())
+        return 0
     plan = Plan(dry_run=args.dry_run)
-    if args.command == "deploy":
-        _validate(args)
-        try:
+
+    def command() -> None:
+        if args.command == "deploy":
+            _validate(args)
             deploy(args, plan)
-        except aws.PUSH_ERRORS as exc:
-            raise SystemExit(f"error: {exc}") from None
-    else:
-        destroy(args, plan)
-    print(plan.summary())
-    return 0
+        else:
+            destroy(args, plan)
+        print(plan.summary())
+
+    return cli.run(command, prefix="error: ", handled=aws.PUSH_ERRORS)
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if not 128 <= args.memory <= 10_240:
-        raise SystemExit(f"--memory {args.memory}: Lambda allows 128 to 10240 MB")
-    if not 1 <= args.timeout <= 900:
-        raise SystemExit(f"--timeout {args.timeout}: Lambda allows 1 to 900 s")
+    """Refuse a command line that cannot work before any step: one line, exit status 2
+    (1 for a bad ECR_REGISTRY_OVERRIDE, a setting of the environment)."""
+    if not MEMORY_MB[0] <= args.memory <= MEMORY_MB[1]:
+        raise UsageError(f"--memory {args.memory}: Lambda allows {MEMORY_MB[0]} to "
+                         f"{MEMORY_MB[1]} MB")
+    if not TIMEOUT_S[0] <= args.timeout <= TIMEOUT_S[1]:
+        raise UsageError(f"--timeout {args.timeout}: Lambda allows {TIMEOUT_S[0]} to "
+                         f"{TIMEOUT_S[1]} s")
     if args.reserved_concurrency is not None and args.reserved_concurrency < 0:
-        raise SystemExit("--reserved-concurrency must be 0 or more (0 blocks all invocations)")
+        raise UsageError("--reserved-concurrency must be 0 or more (0 blocks all invocations)")
     try:
         s3_locations(args)
     except SettingsError as exc:
-        raise SystemExit(f"--s3-input/--s3-output: {exc}") from None
-    if not args.image_uri and not (REPO_ROOT / args.model).is_file() and not args.dry_run:
-        raise SystemExit(f"--model {args.model} does not exist; export one first (make export) "
-                         "or pass --image-uri")
+        raise UsageError(f"--s3-input/--s3-output: {exc}") from None
+    _environment(args)  # --env KEY=VALUE, checked before anything is made
     if not args.image_uri:
-        try:
-            aws.registry_override()  # where the push goes: refuse a bad setting before AWS
-        except aws.SettingsError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        aws.registry_override()  # where the push goes: refuse a bad setting before AWS
+        args.model = model_in_repository(args.model)
+
+
+def model_in_repository(model: str) -> str:
+    """--model as the build needs it: an existing file inside the repository (the build
+    context), as a path relative to the repository root; UsageError otherwise."""
+    root = REPO_ROOT.resolve()
+    path = Path(model).expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_relative_to(root):
+        raise UsageError(f"--model {model} is outside the repository ({root}): the image build "
+                         "copies the model from the repository (its build context), so copy it "
+                         "under the repository (e.g. artifacts/) and pass that path")
+    if path.is_dir():
+        raise UsageError(f"--model {model} is a directory: give the ONNX file, e.g. "
+                         f"{DEFAULT_MODEL}")
+    if not path.is_file():
+        raise UsageError(f"--model {model}: no such file; export one first (make export), "
+                         "give an ONNX file inside the repository, or pass --image-uri")
+    return path.relative_to(root).as_posix()
 
 
 if __name__ == "__main__":

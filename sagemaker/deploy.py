@@ -3,6 +3,7 @@
     python sagemaker/deploy.py deploy --model-tar model.tar.gz                    # real-time
     python sagemaker/deploy.py deploy --serverless --memory-mb 3072 --max-concurrency 5
     python sagemaker/deploy.py autoscale --min 1 --max 4 --target 200
+    python sagemaker/deploy.py deploy --model-tar model.tar.gz --instance-type ml.c7g.large  # arm64
     python sagemaker/deploy.py batch --input s3://BUCKET/batch-input/ --wait
     python sagemaker/deploy.py invoke --image polyp.png
     python sagemaker/deploy.py destroy [--all]
@@ -12,8 +13,13 @@ deploy: upload model.tar.gz (python sagemaker/package.py) to S3, build and push 
 ECR (awsdeploy.aws, shared with lambda/deploy.py) unless --image-uri is given, create or reuse
 the execution role, then a new Model and EndpointConfig (both immutable, so each deploy gets
 fresh, timestamped names) and create the endpoint or switch an existing one to the new config
-with UpdateEndpoint (no downtime); waits for InService.
+with UpdateEndpoint (no downtime); waits for InService. The image is built for the instance
+type's architecture (Graviton families such as ml.c7g are arm64, the others x86_64) unless
+--platform says otherwise, and a --platform the instance cannot run is refused.
 AWS_ENDPOINT_URL points every client elsewhere (moto in the tests).
+
+Errors a user can fix are one line on stderr (awsdeploy.cli): exit status 2 for a wrong
+command line, 1 for a wrong environment (credentials, access, the account, the engine).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError, WaiterError
 
-from awsdeploy import aws
+from awsdeploy import aws, cli
+from awsdeploy.cli import DeployError, UsageError
 from services.core.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +51,6 @@ BATCH_OUTPUT_PREFIX = "batch-output"
 TAGS = [{"Key": "project", "Value": "mhist"}]
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 _STAMPED = r"-\d{8}-\d{6}-[0-9a-f]{6}$"  # suffix of the models and configs deploy creates
-
-
-class DeployError(RuntimeError):
-    """A problem the user can fix; printed as one line, exit status 1."""
 
 
 @dataclass
@@ -88,7 +91,9 @@ def cmd_deploy(ctx: Context) -> None:
     args = ctx.args
     archive = args.model_tar
     if not archive.is_file():
-        raise DeployError(f"{archive} does not exist: build it with `python sagemaker/package.py`")
+        raise UsageError(f"--model-tar {archive} does not exist: build it with "
+                         "`python sagemaker/package.py`")
+    args.platform = image_platform(args)
     if not args.image_uri:
         aws.registry_override()  # where the push goes: refuse a bad setting before AWS
     digest = sha256_file(archive)
@@ -108,6 +113,17 @@ def cmd_deploy(ctx: Context) -> None:
     if ctx.plan.step(f"create endpoint config {name}: {_capacity_text(args)}"):
         _create_endpoint_config(ctx, name, name)
     _create_or_update_endpoint(ctx, name)
+
+
+def image_platform(args: argparse.Namespace) -> str:
+    """--platform, else the real-time instance type's (serverless runs x86_64 images); a
+    --platform the instance type cannot run is a UsageError."""
+    if args.serverless:
+        return args.platform or cli.PLATFORMS["x86_64"]
+    if args.platform is None:
+        return cli.platform_for(args.instance_type)
+    cli.check_platform(args.instance_type, args.platform)
+    return args.platform
 
 
 def _upload(ctx: Context, archive: Path, s3_uri: str) -> None:
@@ -135,7 +151,7 @@ def _image(ctx: Context, digest: str) -> str:
     tag = ctx.args.tag or f"model-{digest[:12]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     repository = ctx.args.repository
     uri = f"{ctx.account()}.dkr.ecr.{ctx.region}.amazonaws.com/{repository}:{tag}"
-    if ctx.plan.step(f"build sagemaker/Dockerfile and push it as {uri}"):
+    if ctx.plan.step(f"build sagemaker/Dockerfile for {ctx.args.platform} and push it as {uri}"):
         ecr = ctx.client("ecr")
         repository_uri = aws.ensure_repository(ecr, repository, note=ctx.plan.note)
         uri = aws.build_and_push(ecr, repository_uri, tag, REPO_ROOT / "sagemaker" / "Dockerfile",
@@ -278,7 +294,7 @@ def cmd_autoscale(ctx: Context) -> None:
     args = ctx.args
     endpoint = args.endpoint_name
     if args.min < 1 or args.max < args.min:
-        raise DeployError(f"--min {args.min} / --max {args.max}: need 1 ≤ min ≤ max")
+        raise UsageError(f"--min {args.min} / --max {args.max}: need 1 ≤ min ≤ max")
     if not ctx.plan.dry_run:
         config = _endpoint_config(ctx, endpoint)
         if any("ServerlessConfig" in v for v in config["ProductionVariants"]):
@@ -339,6 +355,9 @@ def _deregister_scaling(ctx: Context, endpoint: str) -> None:
 
 def cmd_batch(ctx: Context) -> None:
     args = ctx.args
+    for option, uri in (("--input", args.input), ("--output", args.output)):
+        if uri is not None:
+            _check_prefix(option, uri, args.whole_bucket)
     bucket = None if args.input and args.output else ctx.bucket()
     source = args.input or f"s3://{bucket}/batch-input/"
     output = args.output or f"s3://{bucket}/{BATCH_OUTPUT_PREFIX}/"
@@ -361,6 +380,17 @@ def cmd_batch(ctx: Context) -> None:
         if found["TransformJobStatus"] != "Completed":
             raise DeployError(f"transform job {job} ended {found['TransformJobStatus']}: "
                               f"{found.get('FailureReason', 'no reason given')}")
+
+
+def _check_prefix(option: str, uri: str, whole_bucket: bool) -> None:
+    """s3://BUCKET/PREFIX/; an empty prefix (the whole bucket) only with --whole-bucket."""
+    match = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", uri)
+    if not match:
+        raise UsageError(f"{option} {uri!r}: expected s3://BUCKET/PREFIX/")
+    if not (match[2] or "").strip("/") and not whole_bucket and option == "--input":
+        raise UsageError(f"--input {uri} has no prefix: the job would read every object in "
+                         f"bucket {match[1]}; give a prefix (s3://{match[1]}/batch-input/), or "
+                         "pass --whole-bucket if that is what you want")
 
 
 def transform_job_request(job: str, model: str, source: str, output: str, content_type: str,
@@ -392,6 +422,8 @@ def _current_model(ctx: Context, endpoint: str) -> str:
 
 def cmd_invoke(ctx: Context) -> None:
     args = ctx.args
+    if not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such file")
     data = args.image.read_bytes()
     content_type, body = invoke_body(args.image, data, args.as_json, args.content_type)
     if not ctx.plan.step(f"invoke {args.endpoint_name} with {args.image} ({content_type}, "
@@ -487,28 +519,29 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--region", default=None,
-                        help="AWS region (default AWS_REGION or us-east-1)")
+    cli.add_region_argument(common)
     common.add_argument("--endpoint-name", default=DEFAULT_ENDPOINT,
-                        help=f"endpoint name, also the prefix of models and configs "
-                             f"(default {DEFAULT_ENDPOINT})")
+                        help="endpoint name, also the prefix of models and configs")
     common.add_argument("--bucket", default=None,
                         help="S3 bucket for models and batch data "
-                             "(default mhist-sagemaker-ACCOUNT-REGION)")
-    common.add_argument("--repository", default=DEFAULT_REPOSITORY,
-                        help=f"ECR repository (default {DEFAULT_REPOSITORY})")
+                             "(default: mhist-sagemaker-ACCOUNT-REGION)")
+    common.add_argument("--repository", default=DEFAULT_REPOSITORY, help="ECR repository")
     common.add_argument("--role-name", default=DEFAULT_ROLE,
-                        help=f"execution role to create or reuse (default {DEFAULT_ROLE})")
+                        help="execution role to create or reuse")
     common.add_argument("--dry-run", action="store_true", help="print the plan, call nothing")
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_deploy(sub.add_parser("deploy", parents=[common], help="create or update the endpoint"))
-    _add_autoscale(sub.add_parser("autoscale", parents=[common],
-                                  help="target tracking on invocations per instance"))
-    _add_batch(sub.add_parser("batch", parents=[common], help="batch transform over S3 images"))
-    _add_invoke(sub.add_parser("invoke", parents=[common], help="send one image, print the JSON"))
-    destroy = sub.add_parser("destroy", parents=[common], help="delete what deploy created")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text,
+                              formatter_class=cli.HelpFormatter)
+
+    _add_deploy(add("deploy", "create or update the endpoint"))
+    _add_autoscale(add("autoscale", "target tracking on invocations per instance"))
+    _add_batch(add("batch", "batch transform over S3 images"))
+    _add_invoke(add("invoke", "send one image, print the JSON"))
+    destroy = add("destroy", "delete what deploy created")
     destroy.add_argument("--all", action="store_true",
                          help="also the uploaded models, the ECR repository and the IAM role")
     return parser
@@ -516,64 +549,73 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _add_deploy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-tar", type=Path, default=Path("model.tar.gz"),
-                        help="archive from sagemaker/package.py (default ./model.tar.gz)")
+                        help="archive from sagemaker/package.py")
     parser.add_argument("--image-uri", default=None,
-                        help="use this image instead of building and pushing one")
+                        help="use this image instead of building and pushing one (default: "
+                             "build sagemaker/Dockerfile and push it to --repository)")
     parser.add_argument("--tag", default=None,
                         help="image tag; tags are immutable, so one that holds another "
-                             "image is refused (default model-<sha256[:12]>-<UTC timestamp>)")
-    parser.add_argument("--platform", default="linux/amd64",
-                        help="image platform; must match the instance type (default linux/amd64)")
-    parser.add_argument("--role-arn", default=None, help="use this execution role as is")
+                             "image is refused (default: model-<sha256[:12]>-<UTC timestamp>)")
+    parser.add_argument("--platform", default=None, choices=sorted(cli.PLATFORMS.values()),
+                        help="image platform; must match the instance type (default: the "
+                             "instance type's: linux/arm64 for Graviton families such as "
+                             "ml.c7g, else linux/amd64; serverless: linux/amd64)")
+    parser.add_argument("--role-arn", default=None,
+                        help="use this execution role as is (default: create or reuse "
+                             "--role-name)")
     parser.add_argument("--serverless", action="store_true",
                         help="serverless endpoint instead of instances")
     parser.add_argument("--memory-mb", type=int, default=2048, choices=(1024, 2048, 3072, 4096,
                                                                         5120, 6144),
-                        help="serverless memory (default 2048)")
+                        help="serverless memory")
     parser.add_argument("--max-concurrency", type=int, default=5,
-                        help="serverless max concurrent invocations (default 5)")
+                        help="serverless max concurrent invocations")
     parser.add_argument("--instance-type", default="ml.m5.large",
-                        help="real-time instance type (default ml.m5.large)")
+                        help="real-time instance type")
     parser.add_argument("--instance-count", type=int, default=1,
-                        help="real-time initial instance count (default 1)")
+                        help="real-time initial instance count")
     parser.add_argument("--workers", type=int, default=None,
                         help="SAGEMAKER_MODEL_SERVER_WORKERS (default: one per vCPU)")
     parser.add_argument("--server-timeout", type=int, default=60,
-                        help="SAGEMAKER_MODEL_SERVER_TIMEOUT seconds (default 60)")
+                        help="SAGEMAKER_MODEL_SERVER_TIMEOUT seconds")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                        help="wait for InService (default on)")
+                        help="wait for InService")
     parser.add_argument("--wait-timeout", type=int, default=1800,
-                        help="seconds to wait for InService (default 1800)")
+                        help="seconds to wait for InService")
 
 
 def _add_autoscale(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--min", type=int, default=1, help="minimum instances (default 1)")
-    parser.add_argument("--max", type=int, default=4, help="maximum instances (default 4)")
+    parser.add_argument("--min", type=int, default=1, help="minimum instances")
+    parser.add_argument("--max", type=int, default=4, help="maximum instances")
     parser.add_argument("--target", type=float, default=200.0,
-                        help="invocations per instance per minute to hold (default 200)")
+                        help="invocations per instance per minute to hold")
     parser.add_argument("--scale-out-cooldown", type=int, default=60,
-                        help="seconds between scale-outs (default 60)")
+                        help="seconds between scale-outs")
     parser.add_argument("--scale-in-cooldown", type=int, default=300,
-                        help="seconds between scale-ins (default 300)")
+                        help="seconds between scale-ins")
 
 
 def _add_batch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=None,
-                        help="S3 prefix of images (default s3://BUCKET/batch-input/)")
+                        help="S3 prefix of images, s3://BUCKET/PREFIX/ "
+                             "(default: s3://BUCKET/batch-input/)")
     parser.add_argument("--output", default=None,
-                        help=f"S3 prefix for results (default s3://BUCKET/{BATCH_OUTPUT_PREFIX}/)")
+                        help=f"S3 prefix for results (default: s3://BUCKET/{BATCH_OUTPUT_PREFIX}/)")
     parser.add_argument("--model-name", default=None,
                         help="SageMaker model (default: the endpoint's current model)")
-    parser.add_argument("--job-name", default=None, help="default ENDPOINT-batch-TIMESTAMP")
+    parser.add_argument("--job-name", default=None,
+                        help="transform job name (default: ENDPOINT-batch-TIMESTAMP)")
     parser.add_argument("--content-type", default="application/x-image",
-                        help="Content-Type of every record (default application/x-image)")
+                        help="Content-Type of every record")
     parser.add_argument("--instance-type", default="ml.m5.large",
-                        help="transform instance type (default ml.m5.large)")
-    parser.add_argument("--instance-count", type=int, default=1, help="instances (default 1)")
+                        help="transform instance type")
+    parser.add_argument("--instance-count", type=int, default=1, help="instances")
+    parser.add_argument("--whole-bucket", action="store_true",
+                        help="allow an --input without a prefix: every object in the bucket")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
-                        help="wait for the job to finish (default off)")
+                        help="wait for the job to finish")
     parser.add_argument("--wait-timeout", type=int, default=3600,
-                        help="seconds to wait (default 3600)")
+                        help="seconds to wait")
 
 
 def _add_invoke(parser: argparse.ArgumentParser) -> None:
@@ -585,7 +627,8 @@ def _add_invoke(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept", default="application/json", help="Accept header")
     parser.add_argument("--custom-attributes", default=None,
                         help="X-Amzn-SageMaker-Custom-Attributes; the container reads only "
-                        "explain=1 (adds the class activation map) and ignores the rest")
+                        "explain=1 (adds the class activation map) and ignores the rest "
+                        "(default: none)")
 
 
 COMMANDS = {"deploy": cmd_deploy, "autoscale": cmd_autoscale, "batch": cmd_batch,
@@ -597,17 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     # invoke's stdout is the endpoint's JSON alone (pipe it to jq); the plan goes to stderr.
     plan = aws.Plan(dry_run=args.dry_run,
                     out=sys.stderr if args.command == "invoke" else sys.stdout)
-    try:
+
+    def command() -> None:
         COMMANDS[args.command](Context(args, plan))
-    except (DeployError, FileNotFoundError, *aws.PUSH_ERRORS) as exc:
-        print(f"deploy.py {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except ClientError as exc:
-        operation = getattr(exc, "operation_name", "?")
-        print(f"deploy.py {args.command}: AWS refused {operation}: {exc}", file=sys.stderr)
-        return 1
-    print(plan.summary(), file=plan.out)
-    return 0
+        print(plan.summary(), file=plan.out)
+
+    return cli.run(command, prefix=f"deploy.py {args.command}: error: ",
+                   handled=(FileNotFoundError, *aws.PUSH_ERRORS))
 
 
 if __name__ == "__main__":

@@ -36,20 +36,23 @@ REGISTERED_MODEL = "mhist-resnet18-onnx"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--onnx", type=Path, default=None,
-                        help=f"exported ONNX file (default {DEFAULT_ONNX.relative_to(REPO_ROOT)})")
+                        help="exported ONNX file "
+                             f"(default: {DEFAULT_ONNX.relative_to(REPO_ROOT)})")
     source.add_argument("--model-uri", default=None,
                         help=f"MLflow model URI, e.g. models:/{REGISTERED_MODEL}[/VERSION|@ALIAS] "
-                             "or runs:/RUN_ID/onnx-int8")
+                             "or runs:/RUN_ID/onnx-int8 (default: use --onnx)")
     parser.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                         help="for models:/NAME or models:/NAME/latest: newest version with this "
-                             "precision tag (default int8)")
+                             "precision tag")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+                        help="MLflow tracking URI "
+                             "(default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--out", type=Path, default=Path("model.tar.gz"),
-                        help="archive to write (default ./model.tar.gz)")
+                        help="archive to write")
     return parser
 
 

@@ -161,40 +161,6 @@ def test_deploy_creates_the_stack_and_is_idempotent(moto, name):
     assert_stack(moto, name, outputs_of(second))
 
 
-def test_redeploy_migrates_an_api_with_the_old_fixed_routes(moto, name):
-    """An API left by an older deploy (only POST /predict and GET /health, permission apiId/*,
-    a stray integration) ends up with exactly the proxy routes and one permission."""
-    outputs = outputs_of(run_script(moto, *deploy_args(name)))
-    apis, lam = moto.client("apigatewayv2"), moto.client("lambda")
-    api_id = outputs["api_id"]
-    (integration,) = apis.get_integrations(ApiId=api_id)["Items"]
-    for route in apis.get_routes(ApiId=api_id)["Items"]:
-        apis.delete_route(ApiId=api_id, RouteId=route["RouteId"])
-    target = f"integrations/{integration['IntegrationId']}"
-    for key in ("POST /predict", "GET /health"):
-        apis.create_route(ApiId=api_id, RouteKey=key, Target=target)
-    stray = apis.create_integration(
-        ApiId=api_id, IntegrationType="AWS_PROXY", PayloadFormatVersion="2.0",
-        IntegrationUri=outputs["function_arn"] + ":old", IntegrationMethod="POST")
-    apis.create_route(ApiId=api_id, RouteKey="ANY /", Target=f"integrations/"
-                      f"{stray['IntegrationId']}")  # the right key, the wrong target
-    lam.remove_permission(FunctionName=name, StatementId=f"apigateway-{api_id}")
-    lam.add_permission(FunctionName=name, StatementId=f"apigateway-{api_id}",
-                       Action="lambda:InvokeFunction", Principal="apigateway.amazonaws.com",
-                       SourceArn=f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api_id}/*")
-
-    migrated = run_script(moto, *deploy_args(name))
-    for stale in ("POST /predict", "GET /health"):
-        assert f"deleted stale route {stale}" in migrated.stdout
-    assert f"deleted unused integration {stray['IntegrationId']}" in migrated.stdout
-    assert outputs_of(migrated) == outputs
-    assert_stack(moto, name, outputs_of(migrated))
-
-    again = run_script(moto, *deploy_args(name))  # nothing left to migrate
-    assert "deleted" not in again.stdout and "created" not in again.stdout
-    assert_stack(moto, name, outputs_of(again))
-
-
 def test_redeploy_updates_configuration(moto, name):
     run_script(moto, *deploy_args(name))
     run_script(moto, "deploy", "--name", name, "--image-uri", image_uri(name) + "-b",
@@ -252,9 +218,21 @@ def test_dry_run_writes_nothing(moto, name):
     assert_stack(moto, name, outputs_of(run_script(moto, *deploy_args(name))))  # still all there
 
 
-def test_sam_template_passes_cfn_lint_and_matches_deploy():
+def test_committed_sam_template_is_the_generated_one():
+    """lambda/deploy.py is the one definition; lambda/template.yaml is its `template` output."""
+    result = subprocess.run([sys.executable, "lambda/deploy.py", "template"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    committed = (REPO_ROOT / "lambda" / "template.yaml").read_text()
+    assert committed == result.stdout, \
+        "lambda/template.yaml is stale: python lambda/deploy.py template > lambda/template.yaml"
+
+
+def test_generated_template_passes_cfn_lint_and_has_the_deploy_resources(tmp_path):
+    deploy = load_deploy_module()
+    template = tmp_path / "template.yaml"
+    template.write_text(deploy.template_text())
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
-    template = REPO_ROOT / "lambda" / "template.yaml"
     result = subprocess.run([str(cfn_lint), str(template)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -264,55 +242,37 @@ def test_sam_template_passes_cfn_lint_and_matches_deploy():
     document, problems = decode(str(template))
     assert not problems
     resources = document["Resources"]
+    # What deploy makes (the ECR repository stays outside: the image exists before the stack).
+    assert {name: r["Type"] for name, r in resources.items()} == {
+        "ExecutionRole": "AWS::IAM::Role", "HttpApi": "AWS::Serverless::HttpApi",
+        "ClassifierFunction": "AWS::Serverless::Function",
+        "S3InvokePermission": "AWS::Lambda::Permission", "InputBucket": "AWS::S3::Bucket"}
     function = resources["ClassifierFunction"]["Properties"]
     assert function["PackageType"] == "Image"
     events = list(function["Events"].values())
     routes = [f"{e['Properties']['Method']} {e['Properties']['Path']}" for e in events]
     assert sorted(routes) == sorted(PROXY_ROUTES)  # exactly the proxy routes, each once
-    assert set(load_deploy_module().ROUTES) == PROXY_ROUTES  # the same as deploy.py's
-    for event in events:  # each an HttpApi route of this API to the function (payload 2.0)
-        assert event["Type"] == "HttpApi"
-        assert event["Properties"]["ApiId"] == {"Ref": "HttpApi"}
-        assert event["Properties"]["PayloadFormatVersion"] == "2.0"
-    assert resources["HttpApi"]["Type"] == "AWS::Serverless::HttpApi"
+    assert all(e["Type"] == "HttpApi" and e["Properties"]["PayloadFormatVersion"] == "2.0"
+               for e in events)
     role = resources["ExecutionRole"]["Properties"]
-    assert len(role["ManagedPolicyArns"]) == 1
-    assert "AWSLambdaBasicExecutionRole" in json.dumps(role["ManagedPolicyArns"])
-    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
-    assert principal == {"Service": "lambda.amazonaws.com"}
-    assert_template_s3_matches_deploy(document)
-
-
-def assert_template_s3_matches_deploy(document: dict) -> None:
-    """The optional S3 trigger: the same permission, notification and policy as deploy.py's."""
-    resources = document["Resources"]
-    permission = resources["S3InvokePermission"]
-    assert permission["Condition"] == "HasS3"
-    assert permission["Properties"]["Principal"] == "s3.amazonaws.com"
-    assert permission["Properties"]["Action"] == "lambda:InvokeFunction"
-    assert permission["Properties"]["SourceArn"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:s3:::${S3InputBucket}"}
-    assert permission["Properties"]["SourceAccount"] == {"Ref": "AWS::AccountId"}
-    bucket = resources["InputBucket"]
-    assert bucket["Condition"] == "HasS3" and bucket["DependsOn"] == "S3InvokePermission"
-    (notification,) = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    assert role["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+                    "AWSLambdaBasicExecutionRole"}]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "lambda.amazonaws.com"}
+    (policy,) = role["Policies"]["Fn::If"][1]
+    assert policy["PolicyName"] == "s3-input-output"
+    assert [(s["Sid"], s["Action"]) for s in policy["PolicyDocument"]["Statement"]] == [
+        ("ReadInput", ["s3:GetObject", "s3:GetObjectVersion"]),
+        ("WriteResults", ["s3:GetObject", "s3:PutObject"])]
+    permission = resources["S3InvokePermission"]["Properties"]
+    assert (permission["Principal"], permission["SourceAccount"]) == (
+        "s3.amazonaws.com", {"Ref": "AWS::AccountId"})
+    (notification,) = resources["InputBucket"]["Properties"]["NotificationConfiguration"][
+        "LambdaConfigurations"]
     assert notification["Event"] == "s3:ObjectCreated:*"
-    assert notification["Function"] == {"Fn::GetAtt": ["ClassifierFunction", "Arn"]}
-    assert notification["Filter"]["S3Key"]["Rules"] == [
-        {"Name": "prefix", "Value": {"Ref": "S3InputPrefix"}}]
-    policies = resources["ExecutionRole"]["Properties"]["Policies"]["Fn::If"]
-    assert policies[0] == "HasS3" and policies[2] == {"Ref": "AWS::NoValue"}
-    (policy,) = policies[1]
-    deploy = load_deploy_module()
-    assert policy["PolicyName"] == deploy.S3_POLICY
-    from services.web.settings import s3_location
-
-    expected = deploy.s3_policy(s3_location("s3://a-b/in/"), s3_location("s3://c-d/out/"), "aws")
-    got = policy["PolicyDocument"]["Statement"]
-    assert [(s["Sid"], s["Action"]) for s in got] == \
-        [(s["Sid"], s["Action"]) for s in expected["Statement"]]
-    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
-    assert {"S3_INPUT_URI", "S3_OUTPUT_URI"} <= set(variables)
+    assert set(function["Environment"]["Variables"]) == {
+        "EMF_METRICS", "CORS_ALLOW_ORIGINS", "S3_INPUT_URI", "S3_OUTPUT_URI"}
 
 
 # --- S3 in, S3 out ----------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_autoscale_refuses_serverless_and_bad_bounds(moto, deploy_module, capsys
     assert code == 1 and "is serverless" in err
     code, _, err = run(deploy_module, capsys, "autoscale", "--endpoint-name", "mhist-sls",
                        "--min", "3", "--max", "2")
-    assert code == 1 and "need 1 ≤ min ≤ max" in err
+    assert code == 2 and "need 1 ≤ min ≤ max" in err  # a usage error
     code, _, err = run(deploy_module, capsys, "autoscale", "--endpoint-name", "no-such")
     assert code == 1 and "run `deploy` first" in err
     assert moto.client("application-autoscaling").describe_scalable_targets(
@@ -300,7 +300,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(moto: MotoServer, model_tar
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("[dry-run] would")]
     text = "\n".join(lines)
-    for expected in ("upload", "build sagemaker/Dockerfile and push", "ensure IAM role",
+    for expected in ("upload", "build sagemaker/Dockerfile for linux/amd64 and push",
+                     "ensure IAM role",
                      "create model", "create endpoint config", "serverless", "create endpoint"):
         assert expected in text, result.stdout
     assert "nothing was changed" in result.stdout
