@@ -4,7 +4,7 @@
 - `Plan`: every step a deploy script takes is announced through it; with `--dry-run` nothing
   is called, only the plan is printed.
 - ECR: `ensure_repository` (immutable tags, scan on push, lifecycle policy keeping N images),
-  `ecr_login`, `build_and_push` (docker or podman via awsdeploy.containers; refuses to move a
+  `ecr_login`, `build_and_push` (docker or podman via awsdeploy.container_engine; refuses to move a
   tag to another image), `delete_repository`.
 - Settings, from the environment: `region_name` (declared in awsdeploy.cli), `endpoint_url`
   (AWS_ENDPOINT_URL) and `registry_override` (ECR_REGISTRY_OVERRIDE).
@@ -30,7 +30,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from awsdeploy import containers
+from awsdeploy import container_engine
 from awsdeploy.cli import DEFAULT_REGION, DeployError, region_name
 from awsdeploy.oci import Registry, RegistryError, held_by_tag
 
@@ -268,7 +268,7 @@ def ecr_login(ecr) -> Registry:
     username, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
     host, tls = registry_override() or (
         data["proxyEndpoint"].removeprefix("https://").removeprefix("http://"), True)
-    containers.login(host, username, password, tls_verify=tls)
+    container_engine.login(host, username, password, tls_verify=tls)
     return Registry(host, username, password, tls)
 
 
@@ -290,9 +290,9 @@ def build_and_push(ecr, repository_uri: str, tag: str, dockerfile: str | Path,
     registry = ecr_login(ecr)
     note(f"logged in to {registry.host}" + ("" if registry.tls else " (plain HTTP, loopback)"))
     local_tag = f"{repository_uri.rsplit('/', 1)[-1]}:{tag}"
-    containers.build(local_tag, dockerfile, build_args=build_args, platform=platform)
-    image = containers.image_id(local_tag)
-    note(f"built {local_tag} ({image[:19]}) with {containers.engine()}")
+    container_engine.build(local_tag, dockerfile, build_args=build_args, platform=platform)
+    image = container_engine.image_id(local_tag)
+    note(f"built {local_tag} ({image[:19]}) with {container_engine.engine()}")
     repository = repository_uri.split("/", 1)[1]
     remote = f"{registry.host}/{repository}:{tag}"
     # Checked here rather than left to ECR's IMMUTABLE setting: a registry standing in for
@@ -305,14 +305,15 @@ def build_and_push(ecr, repository_uri: str, tag: str, dockerfile: str | Path,
         raise PushRefused(
             f"{remote} already holds another image ({held.image_id or held.media_type}, "
             f"ours is {image}); tags are immutable: deploy with a new --tag")
-    digest = containers.push(local_tag, remote, tls_verify=registry.tls)
+    digest = container_engine.push(local_tag, remote, tls_verify=registry.tls)
     note(f"pushed {remote} ({digest})")
     return remote
 
 
 # Errors of the build-login-push path that the deploy CLIs print as one line.
-PUSH_ERRORS = (SettingsError, containers.EngineUnavailable, containers.RegistryLoginError,
-               containers.PushFailed, RegistryError, PushRefused)
+PUSH_ERRORS = (SettingsError, container_engine.EngineUnavailable,
+               container_engine.RegistryLoginError,
+               container_engine.PushFailed, RegistryError, PushRefused)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 
 The targets, their Dockerfiles, default image names and whether the Dockerfile bakes a model
 in all come from the one registry, services/targets.py. BASE_IMAGE comes from the environment
-(awsdeploy.containers.base_image); the model path is relative to the repository root, which is
+(awsdeploy.container_engine.base_image); the model path is relative to the repository root, which is
 the build context, and must match .dockerignore's whitelist (artifacts/*.onnx). A target that
 mounts its model at run time (SageMaker: /opt/ml/model) gets no MODEL_FILE build argument.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from awsdeploy import containers
+from awsdeploy import container_engine
 from services.targets import TARGETS, ServingTarget
 from services.targets import target as serving_target
 
@@ -30,12 +30,12 @@ def build_args(target: ServingTarget, model: str | None) -> dict[str, str]:
     if not target.bakes_model:
         return {}
     path = model or DEFAULT_MODEL
-    resolved = Path(path) if Path(path).is_absolute() else containers.REPO_ROOT / path
+    resolved = Path(path) if Path(path).is_absolute() else container_engine.REPO_ROOT / path
     try:
-        relative = resolved.resolve().relative_to(containers.REPO_ROOT)
+        relative = resolved.resolve().relative_to(container_engine.REPO_ROOT)
     except ValueError:
         raise SystemExit(
-            f"--model {path} is outside the build context {containers.REPO_ROOT}; copy it to "
+            f"--model {path} is outside the build context {container_engine.REPO_ROOT}; copy it to "
             "artifacts/ first"
         ) from None
     if relative.parent != Path("artifacts") or relative.suffix != ".onnx":
@@ -52,10 +52,10 @@ def build_args(target: ServingTarget, model: str | None) -> dict[str, str]:
 def build_target(name: str, model: str | None = None, tag: str | None = None) -> str:
     """Build one target's image (default tag: the registry's image name); returns its tag."""
     target = serving_target(name)
-    return containers.build(
+    return container_engine.build(
         tag or target.image,
-        containers.REPO_ROOT / target.dockerfile,
-        context=containers.REPO_ROOT,
+        container_engine.REPO_ROOT / target.dockerfile,
+        context=container_engine.REPO_ROOT,
         build_args=build_args(target, model),
     )
 
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tag and len(names) > 1:
         parser.error("--tag needs a single target")
     try:
-        engine = containers.engine()
-    except containers.EngineUnavailable as exc:
+        engine = container_engine.engine()
+    except container_engine.EngineUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name in names:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"error: building {name} failed: {exc}", file=sys.stderr)
             return 1
-        size_mb = containers.image_size_bytes(tag) / 1e6
+        size_mb = container_engine.image_size_bytes(tag) / 1e6
         print(f"{name}: built {tag} with {engine} in {time.perf_counter() - started:.0f} s "
               f"({size_mb:.0f} MB)")
     return 0

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from awsdeploy import containers, images
+from awsdeploy import container_engine, images
 from services.targets import TARGETS
 
-REPO_ROOT = containers.REPO_ROOT
+REPO_ROOT = container_engine.REPO_ROOT
 # .dockerignore lets artifacts/*.onnx into the build context
 BENCH_MODEL_IN_REPO = "artifacts/mhist-bench.{precision}.onnx"
 BASELINE_DOCKERFILE = "benchmarks/baseline/Dockerfile"
@@ -149,7 +149,7 @@ def build_baseline(context: Path, torchscript: Path, wheel: Path | None,
                                                            DEFAULT_TORCH_INDEX_URL)}
     started = time.perf_counter()
     try:
-        containers.build(BASELINE_TAG, context / BASELINE_DOCKERFILE, context=context,
+        container_engine.build(BASELINE_TAG, context / BASELINE_DOCKERFILE, context=context,
                          build_args=args)
     except RuntimeError as exc:
         if wheel is None:
@@ -166,7 +166,7 @@ def build_baseline(context: Path, torchscript: Path, wheel: Path | None,
 def image_package_version(image: str, package: str) -> str | None:
     """`package`'s version inside `image` (from its metadata: no import, so no torch start)."""
     done = subprocess.run(
-        [containers.engine(), "run", "--rm", "--entrypoint", "python", image, "-c",
+        [container_engine.engine(), "run", "--rm", "--entrypoint", "python", image, "-c",
          f"import importlib.metadata as m; print(m.version({package!r}))"],
         capture_output=True, text=True, timeout=300)
     return done.stdout.strip() or None if done.returncode == 0 else None

@@ -54,7 +54,7 @@ def _version(package: str) -> str | None:
 
 def _engine_version() -> str | None:
     try:
-        from awsdeploy.containers import EngineUnavailable, engine
+        from awsdeploy.container_engine import EngineUnavailable, engine
 
         tool = engine()
     except (ImportError, EngineUnavailable):
@@ -78,7 +78,7 @@ def _memory_gib() -> float | None:
 
 # Threading variables no deployment of ours sets (the images set none of them); a shell or a
 # test harness may. Every process a benchmark times runs without them, so each runtime keeps
-# its own defaults: OMP_WAIT_POLICY=PASSIVE alone slowed torch by ~40 % here (FIELD-NOTES).
+# its own defaults: OMP_WAIT_POLICY=PASSIVE alone slowed torch by ~40 % on a 2-CPU machine.
 THREADING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_")
 # A run is "busy" when the 1-minute load average at its start is above this share of the
 # usable CPUs: other jobs then take CPU time from every row.

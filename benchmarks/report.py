@@ -34,18 +34,11 @@ LATEST = Path(__file__).resolve().parent / "LATEST.md"
 README_BEGIN = ("<!-- benchmarks-table:begin — generated from benchmarks/LATEST.md by "
                 "`python -m benchmarks.report --readme README.md`; do not edit -->")
 README_END = "<!-- benchmarks-table:end -->"
-README_PENDING = (
-    "benchmarks/LATEST.md was written by an earlier version of the report, before the PyTorch "
-    "variants, the FP32 containers, the ONNX MLflow peer and the answer checks were added, so "
-    "no figures are repeated here. A full run on an idle machine "
-    "(`MHIST_BENCH_MODE=full pytest benchmarks`, then `python -m benchmarks.report "
-    "benchmarks/results/<timestamp> --latest benchmarks/LATEST.md --readme README.md`) "
-    "replaces this paragraph with its table.")
 # How the report names a registry target; a new target shows its registry name.
 DISPLAY = {"flask": "Flask", "sagemaker": "SageMaker", "lambda": "Lambda"}
 PRECISION_NAMES = {"fp32": "FP32", "int8": "INT8"}
 EAGER, BEST_FP32 = "torch-eager", ("torch-eager", "torch-channels-last", "torchscript-frozen")
-# The cold-start floor (`run` of the base image with `python3 -c pass`) and issue 13's goals.
+# The cold-start floor (`run` of the base image with `python3 -c pass`) and the goals.
 FLOOR = "floor"
 COLD_START_ALLOWANCE_S = 0.35  # container start → first answer ≤ floor + this
 IMAGE_SIZE_GOAL_MB = 250
@@ -1044,8 +1037,13 @@ def extract_block(text: str) -> str | None:
 
 
 def readme_block_for(latest_text: str) -> str:
-    """What README.md's block must hold for this LATEST.md."""
-    return extract_block(latest_text) or README_PENDING
+    """What README.md's block must hold for this LATEST.md (which every report writes)."""
+    block = extract_block(latest_text)
+    if block is None:
+        raise ValueError("benchmarks/LATEST.md has no headline block: regenerate it with "
+                         "`python -m benchmarks.report benchmarks/results/<timestamp> --latest "
+                         "benchmarks/LATEST.md --readme README.md`")
+    return block
 
 
 def sync_readme(readme: Path, latest: Path = LATEST) -> None:

@@ -64,7 +64,7 @@ SLIDE_VARIANTS = {v.name: v for v in (
     SlideVariant("ort-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32",
                  "as INT8, on the exported FP32 file"),
     # Frozen TorchScript: the fastest PyTorch FP32 setting measured on this kind of machine
-    # (FIELD-NOTES: 20.9 ms vs eager 25.3 ms at batch 1); section 1 times the others.
+    # (benchmarks/LATEST.md, section 1, times it against eager).
     SlideVariant("torchscript-frozen", "PyTorch (frozen TorchScript)", "torch", "fp32",
                  "training's checkpoint → `torch.jit.trace` → `freeze` → "
                  "`optimize_for_inference`, `torch.set_num_threads(N)`; the tiles go through "

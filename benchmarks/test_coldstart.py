@@ -25,7 +25,7 @@ from contextlib import suppress
 
 import pytest
 
-from awsdeploy.containers import base_image, engine
+from awsdeploy.container_engine import base_image, engine
 from benchmarks.checks import answer_problem
 from benchmarks.machine import production_env
 from benchmarks.probe import ONNX_PROBES, REPO_ROOT, TORCH_PROBES

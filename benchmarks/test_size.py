@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from awsdeploy.containers import base_image, engine, image_size_bytes
+from awsdeploy.container_engine import base_image, engine, image_size_bytes
 from benchmarks.targets import IMAGE_VARIANTS, image_for
 
 _DU = ("du -sk /opt/venv | cut -f1; "

@@ -59,9 +59,14 @@ from training.data import DatasetError, load_annotations
 from training.provenance import DEFAULT_TRACKING_URI, check_tracking_reachable, git_commit
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=_HelpFormatter
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(

@@ -153,7 +153,7 @@ def unavailable(reason: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def require_containers() -> str:
     """The container engine's name; skips without one, fails in CI (see `unavailable`)."""
-    from awsdeploy.containers import EngineUnavailable, engine
+    from awsdeploy.container_engine import EngineUnavailable, engine
 
     try:
         return engine()

@@ -34,7 +34,7 @@ from training.data import load_annotations
 # scaled to [0, 1] the largest difference measured here was 4.65e-6 (62 test images, both
 # classes). 1e-4 leaves room for other CPUs and thread counts.
 CAM_TOLERANCE = 1e-4
-MIN_CORRELATION = 0.9  # FP32 vs INT8 maps, per test image (issue 16)
+MIN_CORRELATION = 0.9  # FP32 vs INT8 maps, per test image
 FAINT = 0.1  # a served map whose strongest cell is under this tints the patch by < 6 %
 BAD_VALUES = ["banana", "", "2", "yes please", "1;drop"]
 

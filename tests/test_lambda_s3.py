@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from awsdeploy.containers import image_size_bytes
+from awsdeploy.container_engine import image_size_bytes
 from services.adapters.aws_lambda import make_handler
 from services.adapters.s3_events import META_ETAG, META_MODEL, S3RetryableError
 from services.core.files import sha256_file

@@ -7,7 +7,7 @@ mutated file in a batch fails alone; and afterwards every target still predicts 
 files exactly as before. Seeded (the same cases every run) and bounded: CASES per target,
 under a minute for all targets on two cores. MHIST_FUZZ_SCALE=20 makes a longer local hunt.
 
-Against the code before issue 12 the same cases found the garbage-EXIF SyntaxError, the TIFF
+Against earlier code the same cases found the garbage-EXIF SyntaxError, the TIFF
 page-count TypeError, a KeyError and a struct.error in TIFF parsing: about 2 % of them.
 """
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from awsdeploy.containers import REPO_ROOT
+from awsdeploy.container_engine import REPO_ROOT
 from services.adapters.aws_lambda import app_of
 from services.targets import TARGETS
 from services.web.state import runtime

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from awsdeploy import containers
+from awsdeploy import container_engine
 from services.web.app import create_app as create_flask_app
 from tests.support.containers import free_port, run_container, start_container, wait_for_http
 from tests.support.images import built_image
@@ -35,7 +35,7 @@ MODEL_MOUNT = "/opt/ml/model"
 def image(require_containers: str, model_int8_path: Path) -> str:
     started = time.perf_counter()
     tag = built_image("sagemaker", model_int8_path)  # the model is mounted, not baked
-    size = containers.image_size_bytes(tag)
+    size = container_engine.image_size_bytes(tag)
     print(f"\nsagemaker image {tag}: {size / 1e6:.0f} MB, built in "
           f"{time.perf_counter() - started:.0f} s")
     return tag
@@ -127,14 +127,14 @@ def test_ping_after_load_is_200_empty_and_fast(server) -> None:
 def test_image_has_no_training_stack(image: str) -> None:
     code = ("import importlib.util as u; print(','.join(m for m in "
             "('torch', 'torchvision', 'mlflow', 'boto3', 'sagemaker') if u.find_spec(m)))")
-    result = subprocess.run([containers.engine(), "run", "--rm", image, "python", "-c", code],
+    result = subprocess.run([container_engine.engine(), "run", "--rm", image, "python", "-c", code],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
 
 def test_image_labels_and_user(image: str) -> None:
-    result = subprocess.run([containers.engine(), "image", "inspect", image, "--format",
+    result = subprocess.run([container_engine.engine(), "image", "inspect", image, "--format",
                              "{{json .Config}}"], capture_output=True, text=True, timeout=60)
     config = json.loads(result.stdout)
     assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
@@ -277,7 +277,7 @@ def test_serve_without_a_good_model_exits_non_zero(image: str, tmp_path: Path, v
         (folder / "model.onnx").write_bytes(b"not onnx at all")
         (folder / "model.onnx").chmod(0o644)
         args = ["-v", mount(folder)]
-    result = subprocess.run([containers.engine(), "run", "--rm", *args, image, "serve"],
+    result = subprocess.run([container_engine.engine(), "run", "--rm", *args, image, "serve"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "serve: cannot start:" in result.stderr and message in result.stderr

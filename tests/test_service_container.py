@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from awsdeploy import containers
+from awsdeploy import container_engine
 from services.core.model import InferenceModel
 from tests.support.containers import image_healthcheck, run_container, wait_for_http
 from tests.support.images import built_image
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.container
 
 CONTAINER_PORT = 8080
 # A serving image with torch in it would be > 1 GB; onnxruntime + numpy + Pillow + Flask on a
-# Debian slim Python is ~400 MB (FIELD-NOTES). The bound catches a heavy dependency creeping in.
+# Debian slim Python is ~400 MB. The bound catches a heavy dependency creeping in.
 MAX_IMAGE_MB = 600
 
 
@@ -43,7 +43,7 @@ def post_png(url: str, data: bytes) -> dict:
 def test_image_answers_like_the_core(flask_image, model_int8_path, sample_image_bytes,
                                      record_property):
     expected = InferenceModel(model_int8_path, threads=1).predict_bytes(sample_image_bytes)
-    size_mb = containers.image_size_bytes(flask_image) / 1e6
+    size_mb = container_engine.image_size_bytes(flask_image) / 1e6
     record_property("image_size_mb", round(size_mb, 1))
     print(f"{flask_image}: {size_mb:.0f} MB")
     assert size_mb < MAX_IMAGE_MB

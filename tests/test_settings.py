@@ -113,3 +113,15 @@ def test_gunicorn_refuses_a_bad_setting_in_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "mhist: cannot start: WEB_CONCURRENCY='abc' is not valid: expected a positive integer")
+
+
+def test_server_help_lists_every_setting_with_its_default() -> None:
+    result = subprocess.run([sys.executable, "-m", "services.runtime.server", "--help"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "WEB_CONCURRENCY": "abc"})
+    assert result.returncode == 0, result.stderr  # help works even with a bad environment
+    for env, sagemaker_env in variables().values():
+        assert f"  {env}" in result.stdout
+        if sagemaker_env:
+            assert f"(SageMaker: {sagemaker_env})" in result.stdout
+    assert result.stdout.count("(default: ") == len(variables())

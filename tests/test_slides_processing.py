@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from awsdeploy import containers, images
+from awsdeploy import container_engine, images
 from services.core.files import sha256_file
 from services.targets import TARGETS
 from tests.conftest import REPO_ROOT
@@ -44,7 +44,7 @@ def slides_image(require_containers: str, model_int8_path: Path) -> str:
     try:
         args = {**images.build_args(TARGETS["flask"], str(staged.relative_to(REPO_ROOT))),
                 "EXTRAS": "serving,slides"}
-        return containers.build("localhost/mhist-flask:slides-test",
+        return container_engine.build("localhost/mhist-flask:slides-test",
                                 REPO_ROOT / TARGETS["flask"].dockerfile, build_args=args)
     finally:
         staged.unlink(missing_ok=True)
@@ -72,7 +72,7 @@ def channels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def job(slides_image: str, channels: tuple[Path, Path]) -> subprocess.CompletedProcess:
     source, output = channels
     return subprocess.run(
-        [containers.engine(), "run", "--rm", "--network", "none",
+        [container_engine.engine(), "run", "--rm", "--network", "none",
          "-v", f"{source}:{INPUT}:ro,Z", "-v", f"{output}:{OUTPUT}:Z",
          "--entrypoint", ENTRYPOINT[0], slides_image, *ENTRYPOINT[1:]],
         capture_output=True, text=True, timeout=600)

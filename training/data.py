@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -262,11 +261,6 @@ def is_synthetic(data_dir: str | Path) -> bool:
 
 def annotations_sha256(data_dir: str | Path) -> str:
     return sha256_file(Path(data_dir) / "annotations.csv")
-
-
-def synthetic_info(data_dir: str | Path) -> dict | None:
-    marker = Path(data_dir) / MARKER_FILE
-    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 class Augment:

@@ -367,7 +367,8 @@ def generate(out: Path, count: int = 400, size: int = 224, seed: int = 0) -> dic
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Write a SYNTHETIC dataset in the exact MHIST layout (not real tissue)."
+        description="Write a SYNTHETIC dataset in the exact MHIST layout (not real tissue).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--count", type=int, default=400, help="number of images")

@@ -107,7 +107,8 @@ class TrainConfig:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        description="Train ResNet18 on MHIST (HP vs SSA) with MLflow tracking", add_help=add_help
+        description="Train ResNet18 on MHIST (HP vs SSA) with MLflow tracking", add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data-dir", default=d.data_dir,
                    help="MHIST folder holding annotations.csv and images/")

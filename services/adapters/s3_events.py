@@ -98,7 +98,7 @@ def entry_for(app: Flask) -> S3Flow | None:
     """The S3 entry of a Lambda app with S3_INPUT_URI set (None otherwise), its client made now.
 
     Made at INIT on purpose: importing boto3 and building the client took ~0.6 s in the image
-    (README, "S3 in, S3 out"); the first S3 event would otherwise wait for it.
+    (docs/aws.md, the S3 flow); the first S3 event would otherwise wait for it.
     """
     if runtime(app).settings.s3_input is None:
         return None

@@ -2,10 +2,11 @@
 
     MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.runtime.server
 
-Every value comes from `services.web.settings.Settings` (the README's settings table), so the
-server and the app agree on workers, threads and ORT threads; a bad value stops the master
-with one line naming the variable. On the `sagemaker` target SageMaker's own variables
-(SAGEMAKER_BIND_TO_PORT, SAGEMAKER_MODEL_SERVER_WORKERS, ...) are read instead.
+Every value comes from `services.web.settings.Settings` (each declared once, with its
+variable and description), so the server and the app agree on workers, threads and ORT
+threads; a bad value stops the master with one line naming the variable. On the `sagemaker`
+target SageMaker's own variables (SAGEMAKER_BIND_TO_PORT, SAGEMAKER_MODEL_SERVER_WORKERS, ...)
+are read instead.
 
 Why these choices:
 - preload_app off: each worker builds its own onnxruntime session after the fork (ORT's thread

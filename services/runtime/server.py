@@ -2,10 +2,10 @@
 
 Checks the settings first, so a bad value is one line and exit status 1 — gunicorn itself reads
 WEB_CONCURRENCY while it is imported and would die with a traceback on `WEB_CONCURRENCY=abc` —
-then runs gunicorn with the one configuration (services/runtime/gunicorn_conf.py)
-on the one app, behind
-nginx when FRONT_SERVER=nginx (services/runtime/nginx.py; the images set it). The front server
-starts gunicorn on its unix socket with `python -m services.runtime.server --upstream unix:PATH`.
+then runs gunicorn with the one configuration (services/runtime/gunicorn_conf.py) on the one
+app, behind nginx when FRONT_SERVER=nginx (services/runtime/nginx.py; the images set it). The
+front server starts gunicorn on its unix socket with
+`python -m services.runtime.server --upstream unix:PATH`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,28 @@ def worker_app():
         sys.exit(WORKER_BOOT_ERROR)
 
 
+def usage() -> str:
+    """--help: what the command does, and every setting it reads, from their declarations."""
+    from services.web.settings import describe
+
+    lines = ["usage: python -m services.runtime.server",
+             "",
+             "Serve the ONNX model named by MODEL_PATH with gunicorn (behind nginx when",
+             "FRONT_SERVER=nginx). Takes no arguments: every setting comes from the environment.",
+             "Targets: F the Flask container, L Lambda, S SageMaker.",
+             ""]
+    for row in describe():
+        names = row["variable"] + (f" (SageMaker: {row['sagemaker']})" if row["sagemaker"] else "")
+        lines += [f"  {names}  [{row['read_by']}]",
+                  f"      {row['doc']} (default: {row['default'].replace('`', '')})"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        sys.exit(0)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -55,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = ["--bind", argv[1], "--forwarded-allow-ips", "*"]
     elif argv:
         print(f"mhist: unexpected arguments {' '.join(argv)}; settings come from the "
-              "environment (README, Serving settings)", file=sys.stderr, flush=True)
+              "environment (--help lists them)", file=sys.stderr, flush=True)
         sys.exit(2)
     elif settings.front_server == "nginx":
         from services.runtime import nginx

@@ -28,7 +28,8 @@ TABLE_NAME = "slides.summary.csv"
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m services.slides",
-                                description=__doc__.splitlines()[0])
+                                description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("slides", nargs="+", type=Path,
                    help="slide files, or folders whose files are all slides")
     p.add_argument("--model", type=Path, required=True, help="ONNX file from export/to_onnx.py")

@@ -45,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # Behind our own nginx (services/runtime/nginx.py), which overwrites X-Forwarded-For/-Proto
         # with the real peer: trust exactly one hop.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
-    app.json.sort_keys = False  # keep label, probabilities, threshold, model in DESIGN's order
+    app.json.sort_keys = False  # keep the documented order: label, decision, probabilities, …
     hooks.configure_logging(settings.log_level)
 
     state = ModelState(settings)

@@ -1,7 +1,7 @@
 """Run OCI containers from tests and benchmarks: start detached, wait for HTTP, read logs, stop.
 
 Generic on purpose (Flask, Lambda, SageMaker images and the benchmarks share it). The engine
-is awsdeploy.containers.engine(): docker when a daemon answers, else podman. Ports are
+is awsdeploy.container_engine.engine(): docker when a daemon answers, else podman. Ports are
 published on 127.0.0.1 only.
 
     with run_container("mhist-flask", port=8080, env={"WEB_CONCURRENCY": "1"}) as box:
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from awsdeploy.containers import engine as default_engine
+from awsdeploy.container_engine import engine as default_engine
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from awsdeploy import containers, images
+from awsdeploy import container_engine, images
 from services.core.files import sha256_file
 from services.targets import TARGETS
 
@@ -39,12 +39,13 @@ def built_image(target: str, model_path: str | Path) -> str:
 
 
 def _build(target: str, model_path: Path, digest: str) -> str:
-    artifacts = containers.REPO_ROOT / "artifacts"
+    artifacts = container_engine.REPO_ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
     staged = artifacts / f"test-{target}-{digest[:12]}.onnx"
     shutil.copyfile(model_path, staged)
     try:
-        return images.build_target(target, model=str(staged.relative_to(containers.REPO_ROOT)),
+        model = str(staged.relative_to(container_engine.REPO_ROOT))
+        return images.build_target(target, model=model,
                                    tag=image_tag(target))
     finally:
         staged.unlink(missing_ok=True)
@@ -52,8 +53,9 @@ def _build(target: str, model_path: Path, digest: str) -> str:
 
 def image_user(tag: str) -> str:
     """`id -u` inside the image as it runs by default (entrypoint bypassed)."""
-    result = subprocess.run([containers.engine(), "run", "--rm", "--entrypoint", "id", tag, "-u"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [container_engine.engine(), "run", "--rm", "--entrypoint", "id", tag, "-u"],
+        capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"id -u in {tag} failed: {result.stderr}")
     return result.stdout.strip()

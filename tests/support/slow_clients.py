@@ -5,7 +5,7 @@
     attack.results               # one Outcome per connection: how and when it was cut off
 Each of the `count` attackers reconnects as soon as it is cut off, until `hold_s` is over.
 
-Every loop is bounded by `hold_s` (the FIELD-NOTES' advice: a slow-client test must not hang
+Every loop is bounded by `hold_s` (a slow-client test must not hang
 the suite when the server under test does).
 """
 

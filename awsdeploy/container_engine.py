@@ -35,7 +35,7 @@ def engine() -> str:
         return "podman"
     raise EngineUnavailable(
         "no container engine: start a Docker daemon or install podman "
-        "(on the project's dev machines: bash ../shared/tools/container-setup.sh)"
+        "(Debian: apt-get install podman), or set CONTAINER_ENGINE=docker|podman"
     )
 
 
