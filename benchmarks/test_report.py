@@ -1,4 +1,4 @@
-"""benchmarks/report.py on a committed fixture of raw results (benchmarks/fixtures/report-run:
+"""benchmarks/report on a committed fixture of raw results (benchmarks/fixtures/report-run:
 a trimmed quick run on the 2-CPU development machine) — fast, no containers, no model.
 
 The report may only state what the data says: each test changes the data and checks that the
@@ -15,6 +15,12 @@ import pytest
 
 from benchmarks import report
 from benchmarks.machine import refusal
+from benchmarks.report.cold_start import PHASES
+from benchmarks.report.end_to_end import overhead_goals
+from benchmarks.report.fields import ReportDataError
+from benchmarks.report.goals import GOALS_FILE, read_goals
+from benchmarks.report.headline import headline_rows
+from benchmarks.report.throughput import throughput_goals
 from benchmarks.store import read_results
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report-run"
@@ -38,7 +44,7 @@ def _edit(folder: Path, name: str, change) -> None:
 
 
 def _render(folder: Path = FIXTURE) -> str:
-    return report.render(read_results(folder))
+    return report.render(report.load(folder))
 
 
 def _speed(a: float, b: float) -> str:
@@ -142,7 +148,7 @@ def test_model_quality_caveat_follows_the_metrics(run_dir):
 
 def test_headline_cells_are_the_section_numbers():
     data = read_results(FIXTURE)
-    rows = {row[0]: row[1:] for row in report.headline_rows(data)}
+    rows = {row[0]: row[1:] for row in headline_rows(report.load(FIXTURE))}
     model = data["model"]
     assert rows["model only, batch 1, p50 ms"][3].startswith(
         f"{model['ort-fp32/b1']['p50_ms']:.1f} (×")
@@ -191,7 +197,7 @@ def test_cold_start_phases_come_from_the_record():
     phases = read_results(FIXTURE)["coldstart"]["container/flask-int8"]["phases_median"]
     text = _render()
     assert "Where a container's cold start goes" in text
-    cells = " | ".join(f"{phases[name]:.3f}" for name, _ in report.PHASES)
+    cells = " | ".join(f"{phases[name]:.3f}" for name, _ in PHASES)
     assert f"| Flask container, INT8 | {cells} |" in text
 
 
@@ -246,6 +252,17 @@ def _level(images_per_s: float, p50: float, p99: float, errors: int = 0) -> dict
             "errors": errors, "requests": 100}
 
 
+def _latency(p50: float, **extra) -> dict:
+    """A latency record as benchmarks/timing.py writes it (the percentiles around `p50`)."""
+    return {"n": 10, "p50_ms": p50, "p95_ms": p50 * 1.2, "p99_ms": p50 * 1.5,
+            "mean_ms": p50 * 1.1, **extra}
+
+
+def _layout(label: str, workers: int, levels: dict, **extra) -> dict:
+    return {label: {"setting": label, "workers": workers, "gunicorn_threads": 1,
+                    "levels": levels, **extra}}
+
+
 @pytest.mark.parametrize(("level", "ceiling", "verdict"), [
     (_level(95.0, 40.0, 100.0), 100.0, "goal met"),       # 95 %, tail ×2.5
     (_level(85.0, 40.0, 100.0), 100.0, "goal not met"),   # 85 % of the ceiling
@@ -253,22 +270,28 @@ def _level(images_per_s: float, p50: float, p99: float, errors: int = 0) -> dict
     (_level(95.0, 40.0, 100.0, errors=1), 100.0, "goal not met"),
 ])
 def test_throughput_goal_follows_the_numbers(level, ceiling, verdict):
-    tp = {"2w×1ort": {"levels": {"4": level},
-                      "inprocess": {"predict_bytes": {"images_per_s": ceiling},
-                                    "session.run": {"images_per_s": 2 * ceiling}}}}
-    (line,) = report.throughput_goals(tp)
+    tp = _layout("2w×1ort", 2, {"4": level},
+                 inprocess={"predict_bytes": {"images_per_s": ceiling},
+                            "session.run": {"images_per_s": 2 * ceiling}})
+    (line,) = throughput_goals(report.parse({"throughput": tp}).throughput)
     share = round(100 * level["throughput_images_per_s"] / ceiling)
     assert f"= {share} % of in-process predict_bytes" in line
     assert f"p99 = {level['p99_ms'] / level['p50_ms']:.2f} × p50" in line
     assert line.endswith(f"**{verdict}**.")
 
 
+def _overhead(http: dict, throughput: dict | None = None) -> list[str]:
+    """overhead_goals on records parsed from raw http.json/throughput.json objects."""
+    results = report.parse({"http": http, "throughput": throughput})
+    return overhead_goals(results.http, results.throughput)
+
+
 @pytest.mark.parametrize(("p50", "verdict"), [(11.0, "met"), (13.0, "not met")])
 def test_overhead_goal_follows_the_numbers(p50, verdict):
-    http = {"reference/int8/session.run": {"p50_ms": 10.0},
-            "reference/int8/predict_bytes": {"p50_ms": p50 - 0.5},
-            "flask-int8": {"p50_ms": p50, "n": 10}}
-    lines = report.overhead_goals(http)
+    http = {"reference/int8/session.run": _latency(10.0),
+            "reference/int8/predict_bytes": _latency(p50 - 0.5),
+            "flask-int8": _latency(p50)}
+    lines = _overhead(http)
     flask = next(line for line in lines if "Flask" in line)
     assert f"×{p50 / 10.0:.2f} INT8 session.run" in flask and f"**{verdict}**" in flask
     core = next(line for line in lines if "predict_bytes" in line)
@@ -276,24 +299,44 @@ def test_overhead_goal_follows_the_numbers(p50, verdict):
 
 
 def test_keepalive_overhead_comes_from_the_one_worker_throughput_run():
-    http = {"reference/int8/session.run": {"p50_ms": 10.0}}
-    throughput = {"2w×1ort": {"setting": "2w×1ort", "workers": 2, "gunicorn_threads": 1,
-                              "levels": {"1": {"p50_ms": 30.0}}},
-                  "1w×2ort": {"setting": "1w×2ort", "workers": 1, "gunicorn_threads": 1,
-                              "levels": {"1": {"p50_ms": 12.0}}}}
-    (line,) = report.overhead_goals(http, throughput)
+    http = {"reference/int8/session.run": _latency(10.0)}
+    throughput = (_layout("2w×1ort", 2, {"1": _level(30.0, 30.0, 60.0)})
+                  | _layout("1w×2ort", 1, {"1": _level(80.0, 12.0, 24.0)}))
+    (line,) = _overhead(http, throughput)
     assert "kept-alive" in line and "1w×2ort" in line and "×1.20 INT8 session.run" in line
     assert line.endswith("**met**).")
 
 
 def test_a_missed_core_goal_names_the_stages_that_cost_it():
-    http = {"reference/int8/session.run": {"p50_ms": 10.0},
-            "reference/int8/predict_bytes": {"p50_ms": 12.0},
-            "flask-int8": {"p50_ms": 13.0, "n": 10,
-                           "stages_ms": {"decode": 1.0, "preprocess": 0.25, "postprocess": 0.5,
-                                         "run": 10.0}}}
-    line = report.overhead_goals(http)[-1]
+    http = {"reference/int8/session.run": _latency(10.0),
+            "reference/int8/predict_bytes": _latency(12.0),
+            "flask-int8": _latency(13.0, stages_ms={"decode": 1.0, "preprocess": 0.25,
+                                                    "postprocess": 0.5, "run": 10.0})}
+    line = _overhead(http)[-1]
     assert "decode 1.00, preprocess 0.25, postprocess 0.50, 1.75 ms in all" in line
     assert "predict_bytes − session.run: 2.00 ms" in line and "×1.15 allows 1.50 ms" in line
     http["reference/int8/predict_bytes"]["p50_ms"] = 11.0  # met: nothing to explain
-    assert not any("stands between" in line for line in report.overhead_goals(http))
+    assert not any("stands between" in line for line in _overhead(http))
+
+
+def test_a_missing_key_names_the_file_and_record(run_dir):
+    """Raw JSON is parsed once, at the boundary: a record without a required key is an error
+    that says where, not a KeyError from deep inside a section."""
+    _edit(run_dir, "raw/http.json", lambda http: http["flask-int8"].pop("p95_ms"))
+    with pytest.raises(ReportDataError, match=r"raw/http\.json, flask-int8 has no 'p95_ms'"):
+        report.load(run_dir)
+
+
+def test_the_cli_reports_a_missing_key(run_dir, capsys):
+    from benchmarks.report.__main__ import main
+
+    _edit(run_dir, "raw/coldstart.json", lambda c: c["container/floor"].pop("first_200_s_all"))
+    assert main([str(run_dir)]) == 2
+    assert "container/floor has no 'first_200_s_all'" in capsys.readouterr().err
+
+
+def test_every_goal_has_its_reason():
+    raw = json.loads(GOALS_FILE.read_text())
+    goals = {key: value for key, value in raw.items() if not key.startswith("_")}
+    assert goals and all(value.get("reason") for value in goals.values())
+    assert read_goals().cold_start_allowance_s == raw["cold_start_allowance_s"]["value"]

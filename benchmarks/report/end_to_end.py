@@ -1,0 +1,163 @@
+"""Section 2: one PNG end to end over HTTP per target, and the serving-overhead goals."""
+
+from __future__ import annotations
+
+from benchmarks import BASELINE
+from benchmarks.report.goals import GOALS, KEEPALIVE_KEY
+from benchmarks.report.records import HttpRun, HttpSection, Layout, Run
+from benchmarks.report.text import (
+    PRECISION_NAMES,
+    answers_cell,
+    bullets,
+    container_label,
+    faster,
+    num,
+    ratio,
+    table,
+)
+from services.core.stages import STAGES
+
+COLUMNS = ["target", "file", "request", "p50 ms", "p95 ms", "p99 ms",
+           "÷ session.run, same file (p50)", "speed-up vs PyTorch baseline (p50)",
+           "answers vs ONNX FP32", "n", "errors"]
+LAMBDA_NOTE = ("Lambda: no HTTP endpoint of its own; the same benchmark process times "
+               "`invoke` from queuing the event to receiving the result (the function's "
+               "runtime client polls the Runtime API test server on 127.0.0.1).")
+
+
+def _p50(http: HttpSection, reference: str) -> float | None:
+    """The p50 of an in-process reference call, "int8/session.run" and the like."""
+    rec = http.reference.get(reference)
+    return rec.p50_ms if rec else None
+
+
+def http_findings(http: HttpSection, throughput: dict[str, Layout] | None = None) -> list[str]:
+    base = http.containers.get(BASELINE)
+    found = []
+    if base:
+        for key, rec in http.containers.items():
+            if key.startswith("flask-"):
+                precision = PRECISION_NAMES.get(key.rpartition("-")[2], "?")
+                found.append(faster(f"Flask container {precision}", rec.p50_ms,
+                                    "PyTorch baseline container", base.p50_ms,
+                                    samples=(rec.samples_ms, base.samples_ms)) + ".")
+    if http.containers:
+        fastest = min(http.containers, key=lambda key: http.containers[key].p50_ms)
+        found.append(f"Lowest p50: {container_label(fastest)} "
+                     f"({http.containers[fastest].p50_ms:.1f} ms).")
+    return found + overhead_goals(http, throughput)
+
+
+def _one_worker(throughput: dict[str, Layout] | None) -> Layout | None:
+    """The throughput layout with one worker and one gunicorn thread, if it ran."""
+    return next((rec for rec in (throughput or {}).values()
+                 if rec.workers == 1 and rec.gunicorn_threads == 1), None)
+
+
+def _overhead_line(key: str, p50: float, floor: float, single: Layout | None) -> str:
+    name = {"predict_bytes": "INT8 predict_bytes (in-process)",
+            KEEPALIVE_KEY: f"Flask container, INT8, over one kept-alive connection (wrk, "
+                           f"concurrency 1, {single.setting if single else ''})"
+            }.get(key) or container_label(key)
+    ratio_ = p50 / floor
+    goal = GOALS.overhead.get(key)
+    verdict = (f" (goal ≤ ×{goal:.2f}: **{'met' if ratio_ <= goal else 'not met'}**)"
+               if goal else "")
+    return (f"{name}: p50 {p50:.2f} ms = ×{ratio_:.2f} INT8 session.run ({floor:.2f} ms)"
+            f"{verdict}.")
+
+
+def overhead_goals(http: HttpSection, throughput: dict[str, Layout] | None = None
+                   ) -> list[str]:
+    """The INT8 overhead ratios against their goals (and the other targets' ratios, which have
+    none), computed from the records. With throughput records, also POST /predict over a
+    kept-alive connection: wrk at concurrency 1 on the one-worker layout."""
+    floor = _p50(http, "int8/session.run")
+    if not floor:
+        return []
+    measured = {"predict_bytes": _p50(http, "int8/predict_bytes")}
+    measured |= {key: rec.p50_ms for key, rec in http.containers.items()
+                 if key.endswith("-int8") and key != BASELINE}
+    single = _one_worker(throughput)
+    level = single.levels.get("1") if single else None
+    if level and level.p50_ms:
+        measured[KEEPALIVE_KEY] = level.p50_ms
+    lines = [_overhead_line(key, p50, floor, single) for key, p50 in measured.items() if p50]
+    return lines + _overhead_floor(http, floor)
+
+
+def _overhead_floor(http: HttpSection, floor: float) -> list[str]:
+    """Where predict_bytes' time beyond session.run goes, from the Flask INT8 container's stage
+    histogram, when the predict_bytes goal is not met."""
+    core = _p50(http, "int8/predict_bytes")
+    flask = http.containers.get("flask-int8")
+    stages = flask.stages_ms if flask else {}
+    goal = GOALS.overhead["predict_bytes"]
+    if not core or core <= goal * floor or not stages:
+        return []
+    parts = {name: stages[name] for name in ("decode", "preprocess", "postprocess")
+             if name in stages}
+    listed = ", ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
+    return [f"predict_bytes − session.run: {core - floor:.2f} ms by their p50s (timed one after "
+            f"the other), where ×{goal:.2f} allows {(goal - 1) * floor:.2f} ms. The same "
+            f"stages inside the Flask INT8 container (mean ms, mhist_stage_seconds): {listed}, "
+            f"{sum(parts.values()):.2f} ms in all; postprocess includes the input quality "
+            "checks, which an export with `--no-quality-ranges` leaves out."]
+
+
+def _container_row(key: str, rec: HttpRun, base: float | None) -> list:
+    overhead = rec.overhead_vs_session_run
+    return [container_label(key), PRECISION_NAMES.get(rec.precision, "?"),
+            f"{rec.request}, {num(rec.request_bytes / 1024, 0)} KB", num(rec.p50_ms),
+            num(rec.p95_ms), num(rec.p99_ms), f"×{overhead:.2f}" if overhead else "–",
+            ratio(base, rec.p50_ms), answers_cell(rec.answers), rec.n, rec.errors]
+
+
+def _rows(http: HttpSection) -> list[list]:
+    rows = []
+    for precision in ("fp32", "int8"):
+        for part, label in (("session.run", "session.run alone (in-process)"),
+                            ("predict_bytes", "predict_bytes: decode + preprocess + run")):
+            rec = http.reference.get(f"{precision}/{part}")
+            if rec:
+                rows.append([label, PRECISION_NAMES[precision], "–", num(rec.p50_ms),
+                             num(rec.p95_ms), num(rec.p99_ms), "–", "–", "–", rec.n, 0])
+    base = http.containers.get(BASELINE)
+    return rows + [_container_row(key, rec, base.p50_ms if base else None)
+                   for key, rec in http.containers.items()]
+
+
+def _stage_table(http: HttpSection) -> list[str]:
+    """Mean ms per stage of the timed predictions, from each container's mhist_stage_seconds
+    histogram; the rest of the mean latency is outside the handler (the socket, the front
+    server, WSGI, the Lambda runtime client) and the client."""
+    rows = []
+    for key, rec in http.containers.items():
+        if not rec.stages_ms:
+            continue
+        inside = sum(rec.stages_ms.values())
+        rows.append([container_label(key), *[num(rec.stages_ms.get(name), 2) for name in STAGES],
+                     num(inside, 2), num(rec.mean_ms, 2), num(rec.mean_ms - inside, 2)])
+    if not rows:
+        return []
+    return ["", "Where one request's time goes: mean ms per stage inside the app over the timed "
+            "requests (`mhist_stage_seconds` on each container's /metrics), and what the mean "
+            "latency adds outside them (socket, front server, WSGI or Lambda runtime client, "
+            "client):", "",
+            table(["target", *STAGES, "sum", "mean ms", "mean − sum"], rows)]
+
+
+def http_section(http: HttpSection | None, run: Run, throughput: dict[str, Layout]) -> str:
+    if http is None:
+        return "## 2. End to end over HTTP\n\nNo data."
+    return "\n".join([
+        "## 2. End to end, one 224² PNG (one worker, all CPUs as intra-op threads, "
+        "sequential requests)", "",
+        f"HTTP client: {run.http_connection_policy}. {LAMBDA_NOTE} "
+        f"The PyTorch baseline serves the FP32 TorchScript of the same weights, frozen and "
+        f"optimized at load (torch {run.baseline_torch or '?'}), with the same decoding "
+        "and preprocessing code.", "",
+        table(COLUMNS, _rows(http)), "",
+        *bullets(http_findings(http, throughput)),
+        *_stage_table(http),
+    ])
