@@ -4,7 +4,6 @@ sections print them as "–"."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,7 +514,6 @@ def _slides(f: Fields) -> SlidesSection | None:
 class Results:
     """A results folder; a section is None where the run wrote nothing for it."""
 
-    folder: Path
     run: Run
     machine: Machine
     model: ModelSection | None
@@ -539,7 +537,7 @@ def parse(raw: dict[str, Any], folder: Path = Path(".")) -> Results:
     tp, peer, precision, slides = (sections[k] for k in ("throughput", "peer", "precision",
                                                          "slides"))
     return Results(
-        folder=folder, run=_run(run), machine=_machine(machine) if machine else Machine(),
+        run=_run(run), machine=_machine(machine) if machine else Machine(),
         model=_model(sections["model"]) if sections["model"] else None,
         http=_http(sections["http"]) if sections["http"] else None,
         throughput={k: _layout(rec) for k, rec in tp.items()} if tp else {},
@@ -552,8 +550,4 @@ def parse(raw: dict[str, Any], folder: Path = Path(".")) -> Results:
 
 def load(folder: str | Path) -> Results:
     """Parse a benchmarks/results/<timestamp> folder (benchmarks.store's layout)."""
-    folder = Path(folder)
-    try:
-        return parse(read_results(folder), folder)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{folder}: a results file is not JSON ({exc})") from exc
+    return parse(read_results(Path(folder)), Path(folder))
