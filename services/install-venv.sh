@@ -53,7 +53,7 @@ print("\n".join(req for name in sys.argv[1].split(",") for req in extras[name]))
 PY
   # Wheels only for the native packages: a missing wheel must fail the build rather than
   # pull a compiler toolchain into it.
-  /opt/venv/bin/pip install --only-binary=awslambdaric,onnxruntime,numpy,pillow,pyspng,simplejson \
+  /opt/venv/bin/pip install --only-binary=awslambdaric,onnxruntime,numpy,pillow,pyspng,simplejson,msgspec \
     -c constraints.txt -r requirements.txt
   exit 0
 fi

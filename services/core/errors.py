@@ -17,7 +17,12 @@ class ServiceError(Exception):
         self.headers = dict(headers or {})  # e.g. WWW-Authenticate on a 401
 
     def to_dict(self) -> dict:
+        """`{"error": {"code", "message"}}` (services/core/contracts.py, Error)."""
         return {"error": {"code": self.code, "message": self.message}}
+
+    def item_error(self) -> dict:
+        """A failed batch item: the error and its status (contracts.ItemError)."""
+        return {**self.to_dict(), "status": self.status_code}
 
 
 class ModelLoadError(RuntimeError):

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from services.core import contracts
 from services.core.cpus import default_threads
 from services.core.errors import ModelLoadError, ServiceError
 from services.core.explain import CamExplainer
@@ -65,21 +66,29 @@ class Prediction:
     quality: dict | None = None
 
     def to_dict(self, metadata: ModelMetadata) -> dict:
-        return {
-            "label": self.label,
-            "decision": self.decision or self.label,
-            "probabilities": self.probabilities,
+        """The answer's JSON, built from its one declaration (services/core/contracts.py)."""
+        answer = contracts.Prediction(
+            label=self.label,
+            decision=self.decision or self.label,
+            probabilities=self.probabilities,
             # In the space of `probabilities`: calibrated when the file carries a temperature.
-            "threshold": metadata.served_threshold,
-            "model": {
-                "name": metadata.name,
-                "version": metadata.version,
-                "precision": metadata.precision,
-            },
-            **({"explanation": self.explanation} if self.explanation is not None else {}),
-            **({"warnings": self.warnings, "quality": self.quality}
-               if self.warnings is not None else {}),
-        }
+            threshold=metadata.served_threshold,
+            model=contracts.ModelRef(name=metadata.name, version=metadata.version,
+                                     precision=metadata.precision),
+            explanation=_explanation(self.explanation),
+            warnings=(None if self.warnings is None
+                      else [contracts.InputWarning(**w) for w in self.warnings]),
+            quality=None if self.quality is None else contracts.InputQuality(**self.quality),
+        )
+        return contracts.to_json(answer)
+
+
+def _explanation(answer: dict | None) -> contracts.Explanation | None:
+    if answer is None:
+        return None
+    return contracts.Explanation(method=answer["method"], class_=answer["class"],
+                                 grid=answer["grid"],
+                                 overlay_png_base64=answer.get("overlay_png_base64"))
 
 
 def batch_response(results: list[dict]) -> dict:
@@ -144,7 +153,7 @@ class InferenceModel:
                 crops.append(crop)
                 results.append(None)
             except ServiceError as exc:
-                results.append({**exc.to_dict(), "status": exc.status_code})
+                results.append(exc.item_error())
             except Exception as exc:  # noqa: BLE001 - one item must never fail the whole batch
                 error_log.exception(json.dumps({"event": "batch_item_failed", "index": index,
                                                 "type": type(exc).__name__}))
@@ -228,21 +237,22 @@ class InferenceModel:
             raise explain_unavailable(self.metadata)
 
     def describe(self) -> dict:
-        return {
+        """/metadata's JSON, checked against its declaration (contracts.Metadata): a key the
+        declaration lacks is an error here, not a silent extra in the answer."""
+        return contracts.checked(contracts.Metadata, {
             **self.metadata.describe(),
             "sha256": self.sha256,
             "file": self.path.name,
             "size_bytes": self.path.stat().st_size,
             "intra_op_threads": self.threads,
             "onnxruntime": ort.__version__,
-        }
+        })
 
 
 def _unexpected_item_error(index: int) -> dict:
-    return {"error": {"code": "internal_error",
-                      "message": f"Image {index} of the batch could not be processed (an "
-                                 "unexpected error, logged on the server); the others were."},
-            "status": 500}
+    return ServiceError(500, "internal_error",
+                        f"Image {index} of the batch could not be processed (an unexpected "
+                        "error, logged on the server); the others were.").item_error()
 
 
 def _sha256_of_model(path: Path) -> str:

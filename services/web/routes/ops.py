@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from services.core.contracts import Ready, checked
 from services.web.hooks import has_token
 from services.web.openapi import openapi_spec
 from services.web.state import runtime
@@ -27,13 +28,13 @@ def ready() -> Response:
     model = state.require()
     token = current.settings.api_token
     if token and not has_token(token):
-        return jsonify({"status": "ready"})
+        return jsonify(checked(Ready, {"status": "ready"}))
     meta = model.metadata
-    return jsonify({
+    return jsonify(checked(Ready, {
         "status": "ready",
         "model": {"name": meta.name, "version": meta.version, "precision": meta.precision,
                   "sha256": model.sha256},
-    })
+    }))
 
 
 @bp.get("/metadata")

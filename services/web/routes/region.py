@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from services.core.contracts import RegionResponse, checked
 from services.core.errors import ServiceError
 from services.core.preprocessing import decode_image
 from services.slides.region import DEFAULT_MIN_TISSUE, analyse_region
@@ -35,7 +36,7 @@ def predict_region() -> Response:
     body = inference.region(
         lambda: analyse_region(model, decode_image(data, model.max_pixels), **options),
         "predict_region")
-    return jsonify(body)
+    return jsonify(checked(RegionResponse, body))
 
 
 def region_options(args: Mapping[str, str]) -> dict:
