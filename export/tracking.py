@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnx
 
 from export.calibration import flat_metrics
+from training.tracking import log_params, start_run, tag_version
 
 
 def log_export(
@@ -24,25 +24,16 @@ def log_export(
     FP32 and INT8 versions are told apart by the version tag `precision`.
     """
     import mlflow
-    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    # Under `mlflow run -e export`, MLFLOW_RUN_ID names a run that already exists in the
-    # experiment the CLI chose; setting ours as well would make start_run refuse the mismatch.
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    tags = {
+        "stage": "export",
+        "source_run_id": source_run_id or "",
+        "source_uri": report["source"]["uri"],
+        "gate_split": report["int8"]["gate"]["split"],
+    }
     registered: dict[str, str] = {}
-    with mlflow.start_run(run_name="onnx-export") as run:
-        mlflow.set_tags(
-            {
-                "stage": "export",
-                "source_run_id": source_run_id or "",
-                "source_uri": report["source"]["uri"],
-                "gate_split": report["int8"]["gate"]["split"],
-            }
-        )
-        mlflow.log_params({f"quant_{k}": v for k, v in report["int8"]["settings"].items()})
+    with start_run(tracking_uri, experiment, "onnx-export", tags) as run:
+        log_params({f"quant_{k}": v for k, v in report["int8"]["settings"].items()})
         mlflow.log_metrics(_flat_metrics(report))
         mlflow.log_artifact(str(report_path))
         # Reliability diagrams and coverage-vs-accuracy curves (export/calibration.py).
@@ -57,14 +48,10 @@ def log_export(
                 save_as_external_data=False,
             )
             version = str(info.registered_model_version)
-            client.set_model_version_tag(registered_name, version, "precision", precision)
-            client.set_model_version_tag(
-                registered_name, version, "sha256", report["files"][precision]["sha256"]
-            )
+            version_tags = {"precision": precision, "sha256": report["files"][precision]["sha256"]}
             if source_run_id:
-                client.set_model_version_tag(
-                    registered_name, version, "source_run_id", source_run_id
-                )
+                version_tags["source_run_id"] = source_run_id
+            tag_version(registered_name, version, version_tags)
             registered[precision] = version
     return {"run_id": run.info.run_id, "registered_model": registered_name, "versions": registered}
 

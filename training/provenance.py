@@ -24,6 +24,14 @@ class TrackingUnreachable(ValueError):
     """The tracking URI names a server that does not accept connections."""
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """sqlite:///relative.db → sqlite:////abs/relative.db, so the card works from any folder."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def check_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise TrackingUnreachable, with what to fix, when a network tracking store does not
     answer; files, sqlite and URIs without a host (a unix socket) are left to MLflow."""

@@ -21,9 +21,7 @@ import argparse  # after the OpenMP setting above, like every import below
 import json
 import random
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,20 +49,26 @@ from training.data import (
 )
 from training.metrics import (
     agreement_metrics,
-    agreement_scalars,
     binary_metrics,
     format_agreement,
-    plot_confusion_matrix,
-    plot_roc,
-    scalar_metrics,
     select_threshold,
 )
 from training.model import ARCHITECTURE, WeightsError, build_model
 from training.provenance import (
     DEFAULT_TRACKING_URI,
     TrackingUnreachable,
+    absolute_tracking_uri,
     check_tracking_reachable,
     git_commit,
+)
+from training.tracking import (
+    log_card,
+    log_config,
+    log_dataset,
+    log_epoch,
+    log_results,
+    log_trained_model,
+    start_training_run,
 )
 
 SYNTHETIC_WARNING = (
@@ -341,8 +345,6 @@ def evaluate(
 
 def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> dict:
     """Train with early stopping on val AUC; writes OUT/best.pt at every improvement."""
-    import mlflow
-
     criterion = build_criterion(cfg, data.train, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(data.loaders["train"]))
@@ -357,10 +359,7 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
         val = evaluate(model, criterion, data.loaders["val"], device, amp,
                        desc=f"epoch {epoch} val")
         agreement = agreement_metrics(val["targets"], val["probs"], _votes(data.val))
-        mlflow.log_metrics({"train_loss": train["loss"], "lr": train["lr"],
-                            **scalar_metrics(train["metrics"], "train_"),
-                            **scalar_metrics(val["metrics"], "val_"),
-                            **_group_aucs(agreement, "val_")}, step=epoch)
+        log_epoch(epoch, train, val, agreement)
         auc = val["metrics"]["roc_auc"]
         if _better(auc, val["loss"], best):
             # Copy now: the optimizer keeps changing the live tensors.
@@ -380,12 +379,6 @@ def fit(model, data: Data, cfg: TrainConfig, device, amp: bool, card: dict) -> d
 def _votes(records: list[Record]) -> list[int]:
     """SSA votes per image, in the order of the split's (unshuffled) loader."""
     return [r.votes for r in records]
-
-
-def _group_aucs(agreement: dict, prefix: str) -> dict[str, float]:
-    # Per epoch only the two pooled groups' AUCs: the full breakdown is logged once, at the end.
-    return {f"{prefix}{name}_roc_auc": agreement["groups"][name]["roc_auc"]
-            for name in ("agree", "split") if agreement["groups"][name]["roc_auc"] is not None}
 
 
 def _better(auc: float | None, loss: float, best: dict) -> bool:
@@ -411,140 +404,11 @@ def _epoch_line(epoch, epochs, train, val, best, seconds) -> str:
             f"{v['balanced_accuracy']:.3f} | lr {train['lr']:.2e} | {seconds:.1f}s{mark}")
 
 
-# ---------------------------------------------------------------- MLflow bookkeeping
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """sqlite:///relative.db → sqlite:////abs/relative.db, so the card works from any folder."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
-
-
-def log_dataset(data: Data, cfg: TrainConfig):
-    import mlflow
-    import pandas as pd
-
-    frame = pd.DataFrame(
-        [(r.name, r.label, r.votes, r.partition) for r in data.records],
-        columns=["Image Name", "Majority Vote Label",
-                 "Number of Annotators who Selected SSA (Out of 7)", "Partition"],
-    )
-    name = "mhist-synthetic" if data.synthetic else "mhist"
-    with warnings.catch_warnings():
-        # Harmless noise: MLflow registers its local-path source class twice and then warns
-        # the path is ambiguous; and it hints that the integer vote column cannot hold NaN.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        dataset = mlflow.data.from_pandas(frame, source=str(Path(cfg.data_dir).resolve()),
-                                          targets="Majority Vote Label", name=name)
-        mlflow.log_input(dataset, context="training")  # the schema is inferred here, lazily
-    return dataset
-
-
-def ensure_experiment(name: str, tracking_uri: str) -> None:
-    """Create a missing experiment; with a sqlite store, its artifacts go next to the database.
-
-    MLflow's own default is ./mlruns of the *current* folder, so a run started elsewhere would
-    scatter artifacts away from its database; beside the .db file the store stays one folder.
-    """
-    import mlflow
-
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or mlflow.get_experiment_by_name(name) is not None:
-        return
-    db = Path(absolute_tracking_uri(tracking_uri)[len(prefix):])
-    location = (db.parent / "mlruns").as_uri()
-    try:
-        mlflow.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        pass  # created meanwhile by a concurrent run: set_experiment will find it
-
-
-def start_run(cfg: TrainConfig, data: Data):
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    # Under `mlflow run`, MLFLOW_RUN_ID names a run that already exists in the experiment the
-    # CLI chose; setting ours as well would make start_run refuse the mismatch.
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        ensure_experiment(cfg.experiment, cfg.tracking_uri)
-        mlflow.set_experiment(cfg.experiment)
-    tags = {"synthetic": str(data.synthetic).lower(), "architecture": ARCHITECTURE,
-            "positive_class": POSITIVE_CLASS}
-    return mlflow.start_run(run_name=cfg.run_name, tags=tags)
-
-
-def write_artifacts(folder: Path, final: dict, data: Data, threshold: float) -> None:
-    plots = folder / "plots"
-    plots.mkdir()
-    for split in ("val", "test"):
-        result = final[split]
-        plot_confusion_matrix(result["metrics"]["confusion_matrix"],
-                              plots / f"{split}_confusion_matrix.png",
-                              f"{split} at threshold {threshold:.3f}")
-        plot_roc(result["targets"], result["probs"], plots / f"{split}_roc.png",
-                 f"{split} ROC ({POSITIVE_CLASS} positive)", threshold)
-    (folder / "class_counts.json").write_text(json.dumps(data.counts, indent=2))
-    rows = ["image,split,label,prob_ssa"]
-    for split, records in (("val", data.val), ("test", data.test)):
-        for record, prob in zip(records, final[split]["probs"], strict=True):
-            rows.append(f"{record.name},{split},{record.label},{prob:.6f}")
-    (folder / "predictions.csv").write_text("\n".join(rows) + "\n")
-
-
-def log_model(model: nn.Module, data: Data, cfg: TrainConfig, device: torch.device) -> tuple:
-    """Log (and register) the model; returns (model_info, registered version or None)."""
-    import mlflow
-    import mlflow.pytorch
-    import torchvision
-    from mlflow.models import infer_signature
-
-    # Two real validation images as the example: batch 2, because MLflow's default pt2
-    # (torch.export) format specialises a batch of 1 into a model that only accepts 1.
-    example = torch.stack([data.loaders["val"].dataset[i][0] for i in range(2)])  # (2, 3, S, S)
-    model = model.to("cpu").eval()
-    with torch.inference_mode():
-        logits = model(example)  # (2, 2)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}",
-                    f"torchvision=={torchvision.__version__.split('+')[0]}",
-                    f"mlflow=={mlflow.__version__}"]
-    info = mlflow.pytorch.log_model(
-        model, name="model",
-        signature=infer_signature(example.numpy(), logits.numpy()),
-        input_example=example.numpy(),
-        # Explicit: skips MLflow's requirement inference, which re-imports torch in a subprocess.
-        pip_requirements=requirements,
-        registered_model_name=cfg.registered_model if cfg.register else None,
-    )
-    model.to(device)
-    version = info.registered_model_version
-    return info, (str(version) if version is not None else None)
-
-
-def tag_version(cfg: TrainConfig, version: str, metrics: dict, card: dict, synthetic: bool) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    tags = {f"test_{k}": f"{v:.6g}" for k, v in scalar_metrics(metrics["test"]).items()}
-    tags |= {f"test_at_0.5_{k}": f"{v:.6g}"
-             for k, v in scalar_metrics(metrics["test_at_0.5"]).items() if k != "threshold"}
-    tags |= {"threshold": f"{card['threshold']:.6g}", "threshold_rule": card["threshold_rule"],
-             "val_roc_auc": _fmt(metrics["val"]["roc_auc"]).strip(),
-             "synthetic": str(synthetic).lower(), "image_size": str(cfg.image_size),
-             "dataset_digest": card["dataset"]["digest"]}
-    for key, value in tags.items():
-        client.set_model_version_tag(cfg.registered_model, version, key, value)
-
-
 # ---------------------------------------------------------------- main
 
 
 def main(args: argparse.Namespace) -> dict:
     """Run training; returns a summary (run id, version, checkpoint, card)."""
-    import mlflow
-
     cfg = config_from_args(args)
     try:  # before any data is read: a dead tracking server is one line, not 100 s of retries
         check_tracking_reachable(cfg.tracking_uri)
@@ -567,45 +431,18 @@ def main(args: argparse.Namespace) -> dict:
     # leaves no failed run behind.
     model = build_model(cfg.weights, num_classes=len(CLASSES)).to(device)
 
-    with start_run(cfg, data) as run:
+    with start_training_run(cfg, data) as run:
         dataset = log_dataset(data, cfg)
-        log_params(run, {**_flat(asdict(cfg)), "n_train": len(data.train), "n_val": len(data.val),
-                         "n_test": len(data.test)})
+        log_config(cfg, data)
         card = base_card(cfg, data, dataset.digest, run)
         fitted = fit(model, data, cfg, device, amp, card)
         card = finish(model, data, cfg, device, amp, fitted, card)
-        info, version = log_model(model, data, cfg, device)
-        card["mlflow"]["version"] = version
-        card["mlflow"]["model_uri"] = (f"models:/{cfg.registered_model}/{version}" if version
-                                       else info.model_uri)
-        if version:
-            tag_version(cfg, version, card["metrics"], card, data.synthetic)
+        card = log_trained_model(model, data, cfg, device, card)
         card = json.loads(json.dumps(card))  # plain JSON types: tuples → lists, as stored
         save_checkpoint(fitted["checkpoint"], model, card)
         (Path(cfg.out) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        mlflow.log_dict(card, CARD_FILE)  # at the artifact root: export reads it from here
+        log_card(card)
     return report(card, fitted["checkpoint"], data.synthetic)
-
-
-def log_params(run, params: dict) -> None:
-    """Log the config once; under `mlflow run`, keep the values the MLproject already logged.
-
-    `mlflow run` logs each entry-point parameter as typed (`data_dir=data/sample`, `lr=1e-4`)
-    but hands train.py the resolved value (an absolute path for `type: path`); MLflow refuses to
-    change a logged param, so a differing value of ours goes under `resolved_<key>` instead.
-    """
-    import mlflow
-
-    logged = mlflow.get_run(run.info.run_id).data.params
-    ours = {k: str(v) for k, v in params.items()}
-    fresh = {k: v for k, v in ours.items() if k not in logged}
-    resolved = {f"resolved_{k}": v for k, v in ours.items() if k in logged and logged[k] != v}
-    mlflow.log_params(fresh | resolved)
-
-
-def _flat(config: dict) -> dict:
-    extra = config.pop("extra", {})
-    return {**config, **{f"extra_{k}": v for k, v in extra.items()}}
 
 
 def base_card(cfg: TrainConfig, data: Data, digest: str, run) -> dict:
@@ -631,8 +468,6 @@ def base_card(cfg: TrainConfig, data: Data, digest: str, run) -> dict:
 
 def finish(model, data: Data, cfg: TrainConfig, device, amp: bool, fitted: dict, card: dict):
     """Threshold on val, metrics on test (at it and at 0.5), plots and JSON logged."""
-    import mlflow
-
     criterion = fitted["criterion"]
     val = evaluate(model, criterion, data.loaders["val"], device, amp, desc="best on val")
     threshold, rule = select_threshold(val["targets"], val["probs"], cfg.threshold_rule,
@@ -649,20 +484,9 @@ def finish(model, data: Data, cfg: TrainConfig, device, amp: bool, fitted: dict,
                "test_agreement": agreement_metrics(test["targets"], test["probs"],
                                                    _votes(data.test), threshold)}
     step = fitted["best_epoch"]
-    mlflow.log_metrics({**scalar_metrics(metrics["val"], "best_val_"),
-                        **scalar_metrics(metrics["test"], "test_"),
-                        **scalar_metrics(metrics["test_at_0.5"], "test_at_0.5_"),
-                        **agreement_scalars(metrics["val_agreement"], "best_val_"),
-                        **agreement_scalars(metrics["test_agreement"], "test_"),
-                        "best_epoch": float(step)}, step=step)
-    card = {**card, "threshold": threshold, "threshold_rule": rule, "metrics": metrics,
+    log_results({"val": val, "test": test}, metrics, data, threshold, rule, step)
+    return {**card, "threshold": threshold, "threshold_rule": rule, "metrics": metrics,
             "best_epoch": step, "epochs_run": fitted["epochs_run"]}
-    with tempfile.TemporaryDirectory() as tmp:
-        write_artifacts(Path(tmp), {"val": val, "test": test}, data, threshold)
-        mlflow.log_artifacts(tmp)
-    mlflow.log_dict(metrics, "metrics.json")
-    mlflow.set_tags({"threshold": f"{threshold:.6g}", "threshold_rule": rule})
-    return card
 
 
 def report(card: dict, checkpoint: Path, synthetic: bool) -> dict:
