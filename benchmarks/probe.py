@@ -47,7 +47,7 @@ def _app_config(args: argparse.Namespace) -> dict:
     file and sha256 resolved as its container does (services.adapters.sagemaker); the caller
     then passes a file inside that folder."""
     spec = SERVING_TARGETS[args.target]
-    config = {"TARGET": spec.settings_target, "MODEL_PATH": args.model,
+    config = {"TARGET": spec.name, "MODEL_PATH": args.model,
               "ORT_THREADS": args.threads}
     if spec.model_mount is not None:
         from services.adapters.sagemaker import resolve_model

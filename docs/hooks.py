@@ -6,6 +6,10 @@
 - `<!-- api-reference -->` becomes the API reference, rendered from the app's own OpenAPI
   document (`services.web.openapi.openapi_spec`) of an app built without a model; the document
   itself is published as `openapi.json` next to the pages.
+- `<!-- quality-flag-table -->` becomes the counts of held-out images with input quality
+  warnings, original and perturbed, computed now by tests/support/quality.py from a synthetic
+  sample made like the test fixture's (a few seconds); tests/test_quality.py asserts bounds on
+  the same counts and that they are the fixture's.
 
 mkdocs.yml names this file under `hooks:` and excludes it from the site.
 """
@@ -23,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:  # mkdocs imports hooks by path; the project 
 
 SETTINGS_MARKER = "<!-- settings-table -->"
 API_MARKER = "<!-- api-reference -->"
+QUALITY_MARKER = "<!-- quality-flag-table -->"
 OPENAPI_FILE = "openapi.json"
 
 
@@ -38,6 +43,29 @@ def settings_table() -> str:
         rows.append(f"| `{row['variable']}` | {_cell(row['default'])} | {row['read_by']} | "
                     f"{platform} | {_cell(row['doc'])} |")
     return "\n".join(rows)
+
+
+def quality_flag_table() -> str:
+    """The held-out images' quality warnings, and the bounds tests/test_quality.py asserts."""
+    # The repository first: run as `mkdocs`, its folder is on sys.path after site-packages,
+    # where another distribution's top-level `tests` package would shadow ours.
+    if sys.path[0] != str(REPO_ROOT):
+        sys.path.insert(0, str(REPO_ROOT))
+    from tests.support.quality import (
+        MAX_ORIGINALS_FLAGGED,
+        MIN_PERTURBED_FLAGGED,
+        markdown_table,
+        sample_held_out,
+    )
+
+    held = sample_held_out()
+    return (f"Measured when this page was built, on the test fixture's synthetic sample: ranges "
+            f"learned from its {held.fit_images} fit images at the fixture model's input size, "
+            f"each of the other {len(held.paths)} images (the validation split and the test "
+            f"partition) sent as it is and perturbed. `tests/test_quality.py` asserts the same "
+            f"counts: at most {MAX_ORIGINALS_FLAGGED:.0%} of the originals with a warning, at "
+            f"least {MIN_PERTURBED_FLAGGED:.0%} of each perturbation with its own.\n\n"
+            + markdown_table(held))
 
 
 # --- API reference ------------------------------------------------------------------------------
@@ -84,13 +112,13 @@ def _operation_md(path: str, method: str, operation: dict[str, Any], sagemaker_o
 def api_reference(document: dict[str, Any] | None = None) -> str:
     """Markdown for every route of the app, from its OpenAPI document."""
     document = document or openapi_document("sagemaker")
-    http_paths = set(openapi_document("http")["paths"])
+    flask_paths = set(openapi_document("flask")["paths"])
     parts = [f"Generated from the app's own OpenAPI {document['openapi']} document, which is "
              f"also published here as [`{OPENAPI_FILE}`]({OPENAPI_FILE}) and served by every "
              "target at `GET /openapi.json`."]
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            parts.append(_operation_md(path, method, operation, path not in http_paths))
+            parts.append(_operation_md(path, method, operation, path not in flask_paths))
     return "\n\n".join(parts)
 
 
@@ -108,6 +136,8 @@ def on_files(files, config):
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, settings_table())
+    if QUALITY_MARKER in markdown:
+        markdown = markdown.replace(QUALITY_MARKER, quality_flag_table())
     if API_MARKER in markdown:
         markdown = markdown.replace(API_MARKER, api_reference())
     return markdown

@@ -16,7 +16,6 @@ class ServingTarget:
     folder: str  # the target's own folder: its Dockerfile, entry file and deploy script
     dockerfile: str  # relative to the repository root (the build context)
     image: str  # default image name
-    settings_target: str  # Settings.target the app runs with (SERVING_TARGET)
     # "http": the container listens on `port`; "lambda-runtime": awslambdaric pulls events
     # from the Lambda Runtime API, and requests arrive as API Gateway / URL / ALB events.
     protocol: str
@@ -32,19 +31,19 @@ TARGETS: dict[str, ServingTarget] = {
     target.name: target for target in (
         ServingTarget(
             name="flask", folder="services", dockerfile="services/Dockerfile",
-            image="mhist-flask", settings_target="http", protocol="http", port=8080,
+            image="mhist-flask", protocol="http", port=8080,
             command=(), health_path="/health", predict_path="/predict",
             bakes_model=True, model_mount=None,
         ),
         ServingTarget(
             name="lambda", folder="lambda", dockerfile="lambda/Dockerfile",
-            image="mhist-lambda", settings_target="lambda", protocol="lambda-runtime",
+            image="mhist-lambda", protocol="lambda-runtime",
             port=None, command=(), health_path="/health", predict_path="/predict",
             bakes_model=True, model_mount=None,
         ),
         ServingTarget(
             name="sagemaker", folder="sagemaker", dockerfile="sagemaker/Dockerfile",
-            image="mhist-sagemaker", settings_target="sagemaker", protocol="http", port=8080,
+            image="mhist-sagemaker", protocol="http", port=8080,
             command=("serve",), health_path="/ping", predict_path="/invocations",
             bakes_model=False, model_mount="/opt/ml/model",
         ),

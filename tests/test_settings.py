@@ -85,7 +85,7 @@ def test_ort_threads_follow_the_worker_layout() -> None:
 
 def test_each_target_reads_the_same_knob_under_one_name() -> None:
     env = {"GUNICORN_THREADS": "3", "MAX_BATCH": "5", "ORT_INTRA_OP_THREADS": "1"}
-    for target in ("http", "lambda", "sagemaker"):
+    for target in ("flask", "lambda", "sagemaker"):
         settings = Settings.from_env({**env, "SERVING_TARGET": target})
         assert (settings.threads, settings.max_batch, settings.ort_threads) == (3, 5, 1)
 

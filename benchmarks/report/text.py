@@ -112,7 +112,7 @@ def process_label(name: str) -> str:
     elif probe in TARGETS and TARGETS[probe].protocol == "lambda-runtime":
         what = f"{target_name(probe)}: make_handler (INIT) + invoke"
     elif probe in TARGETS:
-        what = f"{target_name(probe)}: create_app (target {TARGETS[probe].settings_target})"
+        what = f"{target_name(probe)}: create_app (target {TARGETS[probe].name})"
     else:
         what = probe
     return f"{what}, {precision_name(precision)}"

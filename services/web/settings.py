@@ -26,7 +26,8 @@ from services.core.cpus import default_threads, usable_cpus
 from services.core.preprocessing import DEFAULT_MAX_PIXELS
 from services.core.switches import WORDS_TEXT, parse_switch
 
-TARGETS = ("http", "lambda", "sagemaker")
+# The one vocabulary of targets: the names of the image registry (services/targets.py).
+TARGETS = ("flask", "lambda", "sagemaker")
 MIB = 1024 * 1024
 # Lambda's synchronous invoke payload limit is 6 MB for the whole event, and binary bodies
 # arrive base64-encoded (4/3 growth): 4.5 MB decoded is 6.0 MB of base64.
@@ -162,7 +163,7 @@ class Settings:
     Build it with `Settings.from_env()`."""
 
     target: str = setting(
-        "http", "SERVING_TARGET", _target,
+        "flask", "SERVING_TARGET", _target,
         "which platform runs the app: the Lambda adapter sets `lambda`, `serve` sets "
         "`sagemaker`")
     model_path: str | None = setting(
@@ -272,7 +273,7 @@ class Settings:
         are taken as they are. SettingsError on a bad value or an unknown key."""
         environ = os.environ if environ is None else environ
         overrides = _by_field(overrides or {})
-        target = _read("target", environ, overrides, "http", "http")
+        target = _read("target", environ, overrides, "flask", "flask")
         values: dict[str, Any] = {"target": target}
         defaults = {**_target_defaults(target)}
         for name in _VARS:
@@ -384,14 +385,15 @@ def describe() -> list[dict[str, str]]:
     rows = []
     for name, var in _VARS.items():
         shown = {target: _shown(getattr(values, name)) for target, values in per_target.items()}
-        default = var.default_doc or (shown["http"] if len(set(shown.values())) == 1 else "; ".join(
+        same = len(set(shown.values())) == 1
+        default = var.default_doc or (shown["flask"] if same else "; ".join(
             f"{_TARGET_LETTER[target]}: {text}" for target, text in shown.items()))
         rows.append({"variable": var.env, "default": default, "read_by": var.read_by,
                      "sagemaker": var.sagemaker_env or "", "doc": var.doc})
     return rows
 
 
-_TARGET_LETTER = {"http": "F", "lambda": "L", "sagemaker": "S"}
+_TARGET_LETTER = {"flask": "F", "lambda": "L", "sagemaker": "S"}
 
 
 def _shown(value: Any) -> str:
