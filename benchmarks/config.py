@@ -22,6 +22,8 @@ MODES = ("quick", "full")
 SKIPPABLE = {
     "torch-image": "the PyTorch baseline container image (build, latency, cold start, size)",
     "mlflow-peer": "`mlflow models serve` of the registered PyTorch model and of the ONNX file",
+    "torch-compile": "PyTorch's `torch.compile` (inductor) FP32 variant (needs a C++ compiler; "
+                     "about a minute of compiling on a small machine)",
     "torch-int8": "PyTorch's own INT8 (PT2E + x86 quantizer + torch.compile: minutes of "
                   "compiling on a small machine)",
     "torch": "everything that needs torch on the host (PyTorch model-only variants, torch cold "
@@ -90,8 +92,8 @@ class BenchConfig:
         return self.mode == "quick"
 
     def skipped(self, name: str) -> bool:
-        return name in self.skip or ("torch" in self.skip and name in ("torch-image",
-                                                                        "torch-int8"))
+        return name in self.skip or ("torch" in self.skip and name in (
+            "torch-image", "torch-compile", "torch-int8"))
 
     def to_dict(self) -> dict:
         data = asdict(self)

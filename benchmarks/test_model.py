@@ -1,7 +1,7 @@
 """(1) Model only — PyTorch at its default (eager) and at its best (channels_last, frozen
-TorchScript), PyTorch's own INT8 (PT2E), ONNX Runtime FP32 and INT8: the same weights, the
-same preprocessed inputs, the same thread count (BenchConfig.threads) — plus the numpy +
-Pillow preprocessing alone, and (7) FP32 vs INT8 file size, load time, accuracy.
+TorchScript, torch.compile), PyTorch's own INT8 (PT2E), ONNX Runtime FP32 and INT8: the same
+weights, the same preprocessed inputs, the same thread count (BenchConfig.threads) — plus the
+numpy + Pillow preprocessing alone, and (7) FP32 vs INT8 file size, load time, accuracy.
 
 Each variant runs in a process of its own with the environment it has in production, rounds
 interleaved across the variants (benchmarks/variants.py). Every variant's answers on the check
@@ -12,6 +12,8 @@ the variant's test.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +29,20 @@ from services.core.preprocessing import preprocess_bytes
 from tests.conftest import unavailable
 
 # Not a dependency of the project: PyTorch's INT8 path runs where it is installed.
-OPTIONAL_MODULES = {"torchao": "pip install torchao (0.18.0 was tried here)"}
+OPTIONAL_MODULES = {"torchao": "pip install -c constraints.txt torchao"}
+# The variants inductor compiles to C++ (torch.compile); they need a C++ compiler on the host.
+COMPILED = ("torch-compile", "torch-int8")
+# What inductor raises when it cannot build its C++ kernels here (no or broken compiler).
+COMPILE_ERRORS = ("InductorError", "CppCompileError", "BackendCompilerFailed",
+                  "InvalidCxxCompiler")
+
+
+def _cxx() -> str | None:
+    """The C++ compiler inductor would find ($CXX, else g++ or clang++ on PATH), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def _preprocessed(paths: list[Path], spec) -> np.ndarray:
@@ -53,8 +68,11 @@ def _why_not(name: str, config) -> str | None:
     variant = VARIANTS[name]
     if variant.runtime == "torch" and "torch" in config.skip:
         return "torch parts skipped by MHIST_BENCH_SKIP/--bench-skip"
-    if name == "torch-int8" and config.skipped("torch-int8"):
-        return "PyTorch INT8 skipped by MHIST_BENCH_SKIP/--bench-skip"
+    if name in ("torch-compile", "torch-int8") and config.skipped(name):
+        return f"{variant.label} skipped by MHIST_BENCH_SKIP/--bench-skip"
+    if name in COMPILED and _cxx() is None:
+        return ("inductor (torch.compile) cannot compile here: no C++ compiler ($CXX, g++ or "
+                "clang++); install g++ (Debian: apt-get install g++)")
     missing = [m for m in variant.modules if importlib.util.find_spec(m) is None]
     return f"{', '.join(missing)} not installed" if missing else None
 
@@ -101,6 +119,11 @@ def test_model_latency(name, model_runs, reference, bench_model, bench_config, r
     run = model_runs[name]
     if "not_run" in run:
         _skip_not_run(run)
+    if name in COMPILED and any(e in run.get("error", "") for e in COMPILE_ERRORS):
+        # The compiler is there but inductor's C++ build fails: a machine problem, said as such.
+        first = run["error"].split("\n", 1)[0][:500]
+        unavailable(f"{VARIANTS[name].label}: inductor (torch.compile) cannot compile on this "
+                    f"machine ({_cxx()}): {first}")
     assert "error" not in run, run["error"]
     variant = VARIANTS[name]
     answers = _answers(run, reference, bench_model)

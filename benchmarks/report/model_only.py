@@ -15,7 +15,8 @@ from benchmarks.report.text import (
 from benchmarks.report.text import num as _num
 from benchmarks.variants import VARIANTS
 
-EAGER, BEST_FP32 = "torch-eager", ("torch-eager", "torch-channels-last", "torchscript-frozen")
+EAGER = "torch-eager"
+BEST_FP32 = ("torch-eager", "torch-channels-last", "torchscript-frozen", "torch-compile")
 # The comparisons each batch states, (one, other); None = the fastest PyTorch FP32 variant.
 PAIRS = (("ort-fp32", None), ("ort-int8", "ort-fp32"), ("ort-int8", "torch-int8"),
          ("torch-int8", None))
@@ -94,6 +95,8 @@ def _settings(model: ModelSection) -> list[str]:
         for name, run in runs.items():
             runtime = (f"torch {run.torch}, {run.torch_threads} threads" if run.torch
                        else f"onnxruntime {run.onnxruntime}")
+            if name == "torch-compile" and run.first_call_s is not None:
+                runtime += f"; compiling, at the first call, took {run.first_call_s:.1f} s"
             settings[name] = f"- **{run.label}**: {run.setting} ({runtime})"
     return ["", "How each variant is set up:", "", *settings.values()] if settings else []
 

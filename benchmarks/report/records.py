@@ -138,6 +138,7 @@ class ModelRun(Timing):
     torch: str | None
     torch_threads: int | None
     onnxruntime: str
+    first_call_s: float | None = None  # of setup_s: the first call (torch.compile compiles)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def _model_run(f: Fields) -> ModelRun:
         label=f.may("label") or VARIANTS[variant].label, precision=f.may("precision"),
         batch=f.need("batch"), setup_s=f.may("setup_s"), answers=_answers(f.maybe_sub("answers")),
         setting=f.may("setting", ""), torch=f.may("torch"), torch_threads=f.may("torch_threads"),
-        onnxruntime=f.may("onnxruntime", "?"))
+        onnxruntime=f.may("onnxruntime", "?"),
+        first_call_s=(f.may("first_call_s") or {}).get(str(f.need("batch"))))
 
 
 def _spread(f: Fields | None) -> Spread | None:
