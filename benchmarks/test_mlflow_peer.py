@@ -4,18 +4,22 @@ client (benchmarks.load.CONNECTION_POLICY).
 
 - `mlflow models serve` of the registered PyTorch model (the MLflow way to serve it);
 - `mlflow models serve` of the benchmark's FP32 ONNX file (onnx flavour, session options as
-  ours): against our server with the same file, this is "our server vs MLflow's" apart from
-  "ORT vs torch";
+  ours), taking the preprocessed tensor: against the PyTorch model, "ORT vs torch" inside the
+  same server with the same request;
+- `mlflow models serve` of a pyfunc around the same ONNX file that takes the encoded image, as
+  MLflow users serve images (base64 in a DataFrame column; the same preprocessing code and
+  session options as ours): against our server with the same file and the same PNG, this is
+  "our server vs MLflow's" and nothing else;
 - our service (`python -m services.runtime.server`, gunicorn) with the FP32 and with the INT8 file.
 
-Each takes the request it is built for (PEERS[…]["request"], in the report beside its
-numbers): MLflow the preprocessed tensor as JSON (`{"inputs": …}`, its signature), ours the
-PNG bytes, which it preprocesses itself. Each answers the check images first; every answer is
-compared with the ONNX FP32 reference.
+Each request format is in the report beside its numbers (PEERS[…]["request"]), and the report
+compares only rows with the same request: tensor with tensor, PNG with PNG. Each answers the
+check images first; every answer is compared with the ONNX FP32 reference.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import importlib.util
@@ -49,11 +53,16 @@ from tests.support.containers import free_port
 VENV_BIN = Path(sys.executable).parent
 TENSOR_REQUEST = "preprocessed (1, 3, 224, 224) float32 tensor as JSON `{\"inputs\": …}`"
 PNG_REQUEST = "PNG body (`image/png`), POST /predict"
+PNG_B64_REQUEST = ("the same PNG, base64 in a DataFrame column as JSON "
+                   "`{\"dataframe_split\": …}`")
 PEERS = {
     "mlflow-pytorch": {"server": "`mlflow models serve`, PyTorch model (registry)",
                        "precision": "fp32", "request": TENSOR_REQUEST},
     "mlflow-onnx-fp32": {"server": "`mlflow models serve`, ONNX FP32 file (onnx flavour)",
                          "precision": "fp32", "request": TENSOR_REQUEST},
+    "mlflow-onnx-png": {"server": "`mlflow models serve`, pyfunc: PNG → our preprocessing → "
+                                  "ONNX FP32 file", "precision": "fp32",
+                        "request": PNG_B64_REQUEST},
     "ours-fp32": {"server": "our gunicorn service (services/), ONNX FP32 file",
                   "precision": "fp32", "request": PNG_REQUEST},
     "ours-int8": {"server": "our gunicorn service (services/), ONNX INT8 file",
@@ -104,6 +113,42 @@ def _first_ok(proc: subprocess.Popen, client: Client, path: str, body: bytes,
 def _tensor_body(png: bytes, spec) -> bytes:
     tensor = preprocess_bytes(png, spec)[None]  # (1, 3, 224, 224)
     return json.dumps({"inputs": tensor.tolist()}).encode()
+
+
+def _png_b64_body(png: bytes) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": ["image"],
+                                           "data": [[base64.b64encode(png).decode()]]}}).encode()
+
+
+# The pyfunc, as a model from code (MLflow 3's way: the file is saved with the model, nothing
+# pickled). Preprocessing and session are services/'s own (installed in this environment;
+# `--env-manager local`), so the only difference from our server is the server.
+PNG_PYFUNC = """
+import base64
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class PngClassifier(PythonModel):
+    def load_context(self, context):
+        from services.core.model import InferenceModel
+
+        self.model = InferenceModel(context.artifacts["onnx"],
+                                    threads=int(context.model_config["threads"]))
+
+    def predict(self, context, model_input, params=None):
+        from services.core.preprocessing import preprocess_bytes
+
+        meta = self.model.metadata
+        batch = np.stack([preprocess_bytes(base64.b64decode(text), meta.preprocessing)
+                          for text in model_input["image"]])  # (N, 3, S, S)
+        return self.model.session.run([meta.output_name], {meta.input_name: batch})[0]
+
+
+mlflow.models.set_model(PngClassifier())
+"""
 
 
 def _peer_logits(body: bytes) -> np.ndarray:
@@ -216,6 +261,28 @@ def onnx_mlflow_model(mlflow_ready, bench_model, bench_config, spec) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def png_mlflow_model(mlflow_ready, bench_model, bench_config, spec) -> Path:
+    """A pyfunc around the FP32 ONNX file that takes base64 PNG bytes in a column "image"."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    folder = bench_model.dir / f"mlflow-onnx-png-{bench_config.threads}t"
+    if not folder.is_dir():
+        code = bench_model.dir / "png_pyfunc.py"
+        code.write_text(PNG_PYFUNC)
+        example = pd.DataFrame({"image": [base64.b64encode(bench_model.image_bytes).decode()]})
+        model = InferenceModel(bench_model.fp32, threads=1)
+        logits = model.session.run([model.metadata.output_name], {
+            model.metadata.input_name: preprocess_bytes(bench_model.image_bytes, spec)[None]})[0]
+        mlflow.pyfunc.save_model(
+            str(folder), python_model=str(code), artifacts={"onnx": str(bench_model.fp32)},
+            model_config={"threads": bench_config.threads},
+            signature=infer_signature(example, logits))
+    return folder
+
+
 def test_mlflow_pytorch_peer(mlflow_ready, torch_available, bench_model, bench_config, spec,
                              reference, results):
     port = free_port()
@@ -245,6 +312,19 @@ def test_mlflow_onnx_peer(onnx_mlflow_model, bench_model, bench_config, spec, re
     record.update(settings=f"onnx_session_options: intra-op {bench_config.threads}, "
                            "inter-op 1, sequential, spinning off")
     results.put("peer", "mlflow-onnx-fp32", record)
+    assert_answers_ok(record["answers"])
+    assert record["errors"] == 0, record["error_examples"]
+
+
+def test_mlflow_png_peer(png_mlflow_model, bench_model, bench_config, reference, results):
+    port = free_port()
+    record = _serve(
+        "mlflow-onnx-png", _mlflow_args(str(png_mlflow_model), port), _mlflow_env({}), port,
+        path="/invocations", content_type="application/json", encode=_png_b64_body,
+        bench_model=bench_model, config=bench_config, reference=reference)
+    record.update(settings=f"InferenceModel: intra-op {bench_config.threads}, inter-op 1, "
+                           "sequential, spinning off (as ours)")
+    results.put("peer", "mlflow-onnx-png", record)
     assert_answers_ok(record["answers"])
     assert record["errors"] == 0, record["error_examples"]
 

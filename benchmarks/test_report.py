@@ -87,8 +87,21 @@ def test_http_and_peer_comparisons_are_computed():
     text = _render()
     assert f"Flask container FP32 ({flask:.1f} ms) vs PyTorch baseline container ({base:.1f} ms)" \
            f": Flask container FP32 {_speed(flask, base)}" in text
-    ours, mlflow = (data["peer"][k]["p50_ms"] for k in ("ours-fp32", "mlflow-onnx-fp32"))
-    assert f"ours (ONNX FP32) ({ours:.1f} ms) vs MLflow (ONNX FP32) ({mlflow:.1f} ms)" in text
+    ours, mlflow = (data["peer"][k]["p50_ms"] for k in ("ours-fp32", "mlflow-onnx-png"))
+    assert (f"ours (ONNX FP32, PNG) ({ours:.1f} ms) vs MLflow (ONNX FP32, PNG) ({mlflow:.1f} ms)"
+            in text)
+    onnx, torch = (data["peer"][k]["p50_ms"] for k in ("mlflow-onnx-fp32", "mlflow-pytorch"))
+    assert (f"MLflow (ONNX FP32, tensor) ({onnx:.1f} ms) vs MLflow (PyTorch, tensor) "
+            f"({torch:.1f} ms)" in text)
+
+
+def test_peer_comparisons_pair_like_requests():
+    """A PNG row is never set against a tensor row (the bodies differ ~25× in size)."""
+    findings = [line for line in _render().split("\n") if line.startswith("- ") and " vs " in line
+                and "MLflow" in line]
+    assert findings
+    for line in findings:
+        assert not ("PNG" in line and "tensor" in line), line
 
 
 def test_busy_run_is_flagged(run_dir):

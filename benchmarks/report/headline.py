@@ -83,10 +83,13 @@ def _peer_rows(results: Results) -> list[list[str]]:
 
     def p50(key: str) -> float | None:
         return peer[key].p50_ms if key in peer else None
-    return [["`mlflow models serve`, tensor JSON, p50 ms", _cell(p50("mlflow-pytorch"), 1),
+    rows = [["`mlflow models serve`, tensor JSON, p50 ms", _cell(p50("mlflow-pytorch"), 1),
              "–", "–", _cell(p50("mlflow-onnx-fp32"), 1), "–"],
+            ["`mlflow models serve`, PNG (base64 in JSON), p50 ms", "–", "–", "–",
+             _cell(p50("mlflow-onnx-png"), 1), "–"],
             ["our service on the host, PNG, p50 ms", "–", "–", "–",
              _cell(p50("ours-fp32"), 1), _cell(p50("ours-int8"), 1)]]
+    return [row for row in rows if any(cell != "–" for cell in row[1:])]
 
 
 def headline_rows(results: Results) -> list[list[str]]:
