@@ -36,6 +36,7 @@ BASELINE_SOURCES = (
     BASELINE_DOCKERFILE,
     "benchmarks/baseline/app.py",
     "benchmarks/baseline/wheels/README.md",
+    "services/install-venv.sh",  # its rootfs step slims the image as the ONNX ones
 )
 BASELINE_MODEL = "benchmarks/baseline/model/model.torchscript.pt"
 

@@ -329,6 +329,7 @@ class ImageSize:
     image_mb: float
     venv_mb: float
     top_packages: list[tuple[str, float]]  # (package, MB), largest first
+    slimmed: bool | None = None  # the baseline's root is the slim FROM-scratch one (or not)
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,8 @@ class SizeSection:
 
 def _size(f: Fields) -> SizeSection:
     images = {key: ImageSize(rec.may("target"), rec.need("image_mb"), rec.need("venv_mb"),
-                             [(p["package"], p["mb"]) for p in rec.need("top_packages")])
+                             [(p["package"], p["mb"]) for p in rec.need("top_packages")],
+                             rec.may("slimmed"))
               for key, rec in f.items() if key != "base"}
     base = f.maybe_sub("base")
     if not base or not base.may("base_image_mb"):

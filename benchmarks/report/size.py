@@ -11,6 +11,10 @@ from services.targets import TARGETS
 
 def _label(key: str, rec: ImageSize) -> str:
     mounted = rec.target in TARGETS and not TARGETS[rec.target].bakes_model
+    if key == BASELINE and not rec.slimmed:
+        # Runs before the baseline was slimmed (or that could not tell) hold a whole Debian
+        # base: never to be read as the same kind of image as the slimmed ONNX ones.
+        return f"{container_label(key)} (**not slimmed**: whole base image)"
     return (f"{target_name(rec.target)} container (model mounted, not in the image)"
             if mounted else container_label(key))
 
@@ -32,8 +36,14 @@ def size_section(size: SizeSection | None) -> str:
                                      f"≤ {GOALS.image_size_mb} MB", "÷ PyTorch image",
                                      "largest packages (MB)"], rows)]
     if size.base_image_mb:
-        text.append(f"\nBase image {size.base_image}: {size.base_image_mb:.0f} MB. The PyTorch "
-                    "baseline is built on it; the ONNX images' final stage starts from an empty "
-                    "root and takes from it only the interpreter, the standard library and the "
-                    "shared libraries serving loads (services/install-venv.sh).")
+        slim = bool(torch and torch.slimmed)
+        text.append(f"\nBase image {size.base_image}: {size.base_image_mb:.0f} MB. "
+                    + ("Every image, the PyTorch baseline included, is built on it and slimmed "
+                       "the same way: its "
+                       if slim else "The PyTorch baseline is built on it; the ONNX images' ")
+                    + "final stage starts from an empty root and takes from it only the "
+                    "interpreter, the standard library and the shared libraries serving loads "
+                    "(services/install-venv.sh)."
+                    + ("" if slim or torch is None else " The baseline was not slimmed in this "
+                       "run, so \"÷ PyTorch image\" sets unlike images side by side."))
     return "\n".join(text)
