@@ -10,8 +10,10 @@ model, and `<S3_OUTPUT_URI prefix><key>.json` is written: /predict's JSON plus `
 (bucket, key, etag, version_id) and `model_sha256`. The result's metadata repeats the source
 ETag, version and model digest, so a redelivered event costs one HEAD: no second inference and
 no second write. A new model (another sha256) classifies a redelivered object again. The read
-is of the key's current object, If-Match the event's ETag, even on a versioned bucket: an old
-event delivered late never overwrites the result of newer bytes.
+is of the key's current object, If-Match the event's ETag (without one, its versionId must be
+the current version's), even on a versioned bucket: an old event delivered late, or a forged
+one, never overwrites the result of newer bytes. The event's `size` is never believed: the
+size judged against S3_MAX_OBJECT_BYTES is S3's own, from the GET that confirmed the ETag.
 
 Each record ends in one outcome, one JSON log line (`"event": "s3_object"`):
   predicted   the result was written
@@ -20,7 +22,8 @@ Each record ends in one outcome, one JSON log line (`"event": "s3_object"`):
               the error JSON is written at its result key, so it is never retried
   ignored     outside the input prefix, one of our results, not ObjectCreated, S3's test event
   superseded  the object was overwritten since the event (ETag mismatch): the newer event has it
-  invalid     a malformed event, record or SQS body: logged, never retried
+  invalid     a malformed event, record or SQS body (an eTag or versionId no HTTP header
+              can carry included): logged, never retried
   failed      the output location refuses the write or the HEAD: logged, not retried
   retry       a transient S3 or network error, or a bug: the direct invocation raises
               S3RetryableError (after every record) so Lambda's asynchronous retries run; an
@@ -33,8 +36,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
@@ -57,6 +62,11 @@ _TRANSIENT = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Reques
 # of a missing key with 403, not 404; a real lack of access then shows on the PUT.
 _ABSENT = frozenset({"404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"})
 _RETRIED = "retry"  # the outcome of a record handed back for another delivery
+# What an eTag (unquoted) and a versionId may hold: they travel in an If-Match header and a
+# query string, so visible ASCII only (no CR/LF, no quote in an ETag), and S3's own are far
+# shorter than 1024. Anything else is a malformed or forged record, not a transient failure.
+_ETAG = re.compile(r"[\x21\x23-\x7e]{1,1024}")
+_VERSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 
 
 class S3RetryableError(RuntimeError):
@@ -72,7 +82,15 @@ class _Failed(Exception):
 
 
 class _Superseded(Exception):
-    """The object no longer has the event's ETag."""
+    """The object no longer has the event's ETag (or version)."""
+
+
+class _Poison(Exception):
+    """The object the event names cannot be classified: `error` is written as its result."""
+
+    def __init__(self, error: ServiceError, obj: S3Object) -> None:
+        super().__init__(error.message)
+        self.error, self.obj = error, obj
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,6 @@ class S3Object:
     key: str
     etag: str | None
     version_id: str | None
-    size: int | None
     created: bool = True  # an ObjectCreated:* event (the others are ignored)
 
     def source(self) -> dict:
@@ -113,7 +130,7 @@ class _Client:
     def __init__(self) -> None:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         # Region, credentials and AWS_ENDPOINT_URL(_S3) come from the standard variables;
         # a Config's retries would override AWS_MAX_ATTEMPTS / AWS_RETRY_MODE, so read them.
@@ -123,6 +140,7 @@ class _Client:
         self.s3 = boto3.session.Session().client("s3", config=Config(
             retries=retries, connect_timeout=5, read_timeout=20))
         self.client_error, self.core_error = ClientError, BotoCoreError
+        self.invalid_parameter = ParamValidationError
 
     def classify(self, exc: Exception) -> tuple[str, int, bool]:
         """(error code, HTTP status, transient?) of a failed S3 call."""
@@ -130,6 +148,8 @@ class _Client:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             return code, status, status >= 500 or code in _TRANSIENT
+        if isinstance(exc, self.invalid_parameter):  # a request botocore refuses to send
+            return type(exc).__name__, 0, False
         return type(exc).__name__, 0, True  # BotoCoreError: connection, timeout, stream
 
 
@@ -229,9 +249,9 @@ class S3Flow:
             data, read = self._read(obj)
         except _Superseded:
             return "superseded", detail
-        except ServiceError as poison:
-            self._write(result_key, obj, model, _error_document(poison))
-            return "rejected", {**detail, "error": poison.code}
+        except _Poison as poison:
+            self._write(result_key, poison.obj, model, _error_document(poison.error))
+            return "rejected", {**detail, "error": poison.error.code}
         if not obj.etag and self._has_result(result_key, read, model):
             return "duplicate", detail
         started = time.perf_counter()
@@ -269,33 +289,37 @@ class S3Flow:
         return meta.get(META_ETAG) == obj.etag and meta.get(META_MODEL) == model.sha256
 
     def _read(self, obj: S3Object) -> tuple[bytes, S3Object]:
-        """The key's current bytes if they still have the event's ETag, and the object as read.
+        """The key's current bytes if they are the ones the event names, and the object as read.
 
-        ServiceError (poison: written as its result), _Superseded or _Retry otherwise."""
-        if obj.size is not None and obj.size > self.max_bytes:
-            raise self._too_large(obj.size)
+        The event names them by ETag (If-Match: S3 answers 412 for any other bytes) or, without
+        one, by versionId, compared with the current version's. Only then is the size judged,
+        from S3's ContentLength: the event's size is a claim (a forged SQS message may say
+        10^18), and a stale event judged on it replaced the result of newer bytes.
+        _Poison (written as its result), _Superseded or _Retry otherwise."""
         client = self.client
         request = {"Bucket": obj.bucket, "Key": obj.key}
         if obj.etag:  # not VersionId: an old version's late event must not win
             request["IfMatch"] = f'"{obj.etag}"'
-        elif obj.version_id:
-            request["VersionId"] = obj.version_id
         try:
             response = client.s3.get_object(**request)
-            body = response["Body"]
-            try:
-                length = response.get("ContentLength")
-                if length is not None and length > self.max_bytes:
-                    raise self._too_large(length)
-                data = body.read(self.max_bytes + 1)  # never more than the limit in memory
-            finally:
-                body.close()
         except (client.client_error, client.core_error) as exc:
             raise self._read_error(obj, exc) from None
+        body = response["Body"]
+        try:
+            read = replace(obj, etag=str(response.get("ETag", "")).strip('"') or obj.etag,
+                           version_id=response.get("VersionId") or obj.version_id)
+            if not obj.etag and obj.version_id and response.get("VersionId") != obj.version_id:
+                raise _Superseded()  # another version is current now (or none ever was)
+            length = response.get("ContentLength")
+            if length is not None and length > self.max_bytes:
+                raise _Poison(self._too_large(length), read)
+            data = body.read(self.max_bytes + 1)  # never more than the limit in memory
+        except (client.client_error, client.core_error) as exc:
+            raise self._read_error(obj, exc) from None
+        finally:
+            body.close()
         if len(data) > self.max_bytes:
-            raise self._too_large(len(data))
-        read = replace(obj, etag=str(response.get("ETag", "")).strip('"') or obj.etag,
-                       version_id=response.get("VersionId") or obj.version_id)
+            raise _Poison(self._too_large(len(data)), read)
         return data, read
 
     def _read_error(self, obj: S3Object, exc: Exception) -> Exception:
@@ -306,15 +330,17 @@ class S3Flow:
         if transient:
             return _Retry(f"reading {where}: {code or status}")
         if code in ("NoSuchKey", "NoSuchVersion"):
-            return ServiceError(404, "object_not_found",
-                                f"{where} does not exist (deleted after the event?).")
-        if code == "NoSuchBucket":
-            return ServiceError(404, "bucket_not_found", f"Bucket {obj.bucket} does not exist.")
-        if code == "AccessDenied" or status == 403:
-            return ServiceError(403, "access_denied", f"The function may not read {where}, or "
-                                "it no longer exists (without s3:ListBucket S3 answers 403 for "
-                                "both): its role needs s3:GetObject on the input prefix.")
-        return ServiceError(422, "object_unreadable", f"S3 refused to read {where}: {code}.")
+            error = ServiceError(404, "object_not_found",
+                                 f"{where} does not exist (deleted after the event?).")
+        elif code == "NoSuchBucket":
+            error = ServiceError(404, "bucket_not_found", f"Bucket {obj.bucket} does not exist.")
+        elif code == "AccessDenied" or status == 403:
+            error = ServiceError(403, "access_denied", f"The function may not read {where}, or "
+                                 "it no longer exists (without s3:ListBucket S3 answers 403 for "
+                                 "both): its role needs s3:GetObject on the input prefix.")
+        else:
+            error = ServiceError(422, "object_unreadable", f"S3 refused to read {where}: {code}.")
+        return _Poison(error, obj)
 
     def _too_large(self, size: int) -> ServiceError:
         return ServiceError(413, "payload_too_large", f"The object is {size} bytes; "
@@ -378,14 +404,27 @@ def _s3_object(record: Any) -> S3Object:
     key = item.get("key") if isinstance(item, dict) else None
     if not isinstance(name, str) or not name or not isinstance(key, str) or not key:
         raise ValueError("malformed S3 record: 's3.bucket.name' or 's3.object.key' is missing")
-    etag, version, size = (item.get(k) for k in ("eTag", "versionId", "size"))
+    # `size` is not read: only S3's own length, once the ETag is confirmed, is believed.
+    etag = _checked(item, "eTag", _ETAG, lambda value: value.strip('"'))
+    version = _checked(item, "versionId", _VERSION_ID, lambda value: value)
     created = str(record.get("eventName", "ObjectCreated:")).startswith("ObjectCreated:")
     return S3Object(
         bucket=name, key=unquote_plus(key),  # keys arrive URL-encoded, spaces as '+'
-        etag=etag.strip('"') if isinstance(etag, str) and etag else None,
-        version_id=version if isinstance(version, str) and version else None,
-        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
-        created=created)
+        etag=etag, version_id=version, created=created)
+
+
+def _checked(item: dict, field: str, pattern: re.Pattern, clean: Callable[[str], str]
+             ) -> str | None:
+    """`item[field]` cleaned, None when absent or empty; ValueError when it is not a string
+    S3 could have written (it would be sent as a header or query and fail in botocore)."""
+    value = item.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(clean(value)):
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}..."
+        raise ValueError(f"malformed S3 record: 's3.object.{field}' must be 1 to 1024 visible "
+                         f"ASCII characters, got {shown}")
+    return clean(value)
 
 
 # --- log lines --------------------------------------------------------------------------------
