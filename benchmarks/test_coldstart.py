@@ -29,6 +29,9 @@ from awsdeploy.container_engine import base_image, engine
 from benchmarks.checks import answer_problem
 from benchmarks.machine import production_env
 from benchmarks.probe import ONNX_PROBES, REPO_ROOT, TORCH_PROBES
+from benchmarks.report.goals import GOALS
+from benchmarks.report.records import load
+from benchmarks.report.text import FLOOR
 from benchmarks.targets import (
     CONTAINER_IDS,
     CONTAINER_VARIANTS,
@@ -121,15 +124,42 @@ def _floor_run(image: str) -> float:
     return seconds
 
 
+# The floor: at least this many runs, whatever the mode (each is well under a second), so its
+# spread says whether it can decide the goal "container start → first answer ≤ floor + the
+# allowance" (benchmarks/report/goals.json).
+FLOOR_ROUNDS = 5
+# Above this a run did more than start a container (pulled or unpacked the image, waited on the
+# engine's storage lock): ten times what an idle machine measured (0.46 s, LATEST.md). Against
+# such a floor every image would meet its goal, so the benchmark fails instead.
+FLOOR_LIMIT_S = 5.0
+
+
 @pytest.mark.container
 def test_container_floor(require_containers, bench_config, results):
-    """Measured before the images' cold starts, in the same run: their floor."""
+    """Measured before the images' cold starts, in the same run: their floor, which the report's
+    cold-start goals are relative to (GOALS.cold_start_allowance_s above it)."""
     image = base_image()
     _floor_run(image)  # not timed: the first run may still read the image from disk
-    runs = [_floor_run(image) for _ in range(bench_config.cold_repeats)]
-    results.put("coldstart", "container/floor", {
-        "target": "floor", "image": image, "command": "python3 -c pass", "repeats": len(runs),
+    runs = [_floor_run(image) for _ in range(max(bench_config.cold_repeats, FLOOR_ROUNDS))]
+    key = f"container/{FLOOR}"
+    results.put("coldstart", key, {
+        "target": FLOOR, "image": image, "command": "python3 -c pass", "repeats": len(runs),
         "first_200_s_median": median(runs), "first_200_s_all": [round(r, 4) for r in runs]})
+    assert all(0.0 < r < FLOOR_LIMIT_S for r in runs), (
+        f"floor runs {runs} s: each must take more than 0 and under {FLOOR_LIMIT_S} s")
+    spread, allowance = max(runs) - min(runs), GOALS.cold_start_allowance_s
+    if spread > allowance:
+        message = (f"the floor's runs spread over {spread:.2f} s ({runs}), more than the "
+                   f"{allowance} s the cold-start goal allows above it: this run's goal verdicts "
+                   "are noise")
+        results.note(message)
+        # A full run is what the report's verdicts come from (it refuses a busy machine at the
+        # start; this catches one that got busy); a quick run is a smoke test on any machine,
+        # where a spread of 2 s was seen under load, so it only notes it.
+        assert bench_config.quick, message + "; rerun on a quieter machine"
+    # As the report reads it back from the results folder, for its "≤ floor + allowance" column.
+    recorded = load(results.dir).coldstart.containers[FLOOR]
+    assert (recorded.first_200_s, recorded.n) == (pytest.approx(median(runs)), len(runs))
 
 
 def _json_lines(logs: str) -> list[dict]:
