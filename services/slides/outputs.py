@@ -28,6 +28,23 @@ MIN_HEATMAP_SIDE = 256  # small regions are enlarged so the picture stays legibl
 POSITIVE_COLOUR = (220, 50, 47)
 OTHER_COLOURS = ((38, 139, 210), (133, 153, 0), (181, 137, 0), (108, 113, 196))
 GEOJSON_NAMESPACE = uuid.UUID("0b6f7e52-3c55-4e0e-9a57-2b1f6c1d3f10")  # stable feature ids
+# slides.summary.csv: one header, whatever the first slide did, so the tables of several runs
+# (Processing-job instances) concatenate. A failed or skipped slide leaves the results empty.
+TABLE_COLUMNS = ("slide", "path", "output", "status", "error", "tiles_analysed",
+                 "tissue_area_mm2", "positive_class", "fraction_positive", "max_probability",
+                 "top_region_mm2", "seconds")
+
+
+def shown(name: str) -> str:
+    """A file name as a message prints it: as it is, or JSON-quoted when it holds anything
+    not printable (a newline would forge a line, an escape sequence would redraw the terminal;
+    undecodable bytes would not print at all)."""
+    return name if name.isprintable() else json.dumps(name)
+
+
+def printable(text: str) -> str:
+    """`text` on one line with every character that is not printable escaped."""
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in " ".join(text.split()))
 
 
 def probability_column(positive_class: str) -> str:
@@ -213,9 +230,9 @@ def positive_regions(values: np.ndarray, threshold: float, limit: int = 5) -> li
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The summary table of a run over several slides: one row per slide, failures included."""
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields)
+    """The summary table of a run over several slides: one row per slide, failures and skipped
+    entries included, TABLE_COLUMNS always (undecodable bytes of a name backslash-escaped)."""
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as stream:
+        writer = csv.DictWriter(stream, fieldnames=TABLE_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)

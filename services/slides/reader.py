@@ -26,6 +26,10 @@ from services.slides.tiling import TileReader
 # whose level fits in one smaller block; at 1024 the two peaks differ by ~4 MB.
 THUMBNAIL_BLOCK = 1024
 LEVEL_TOLERANCE = 1.01  # a level 1 % coarser than wanted still counts as not upsampling
+# µm per level-0 pixel a slide may have. Scanners record 0.1–1 (100× oil to 10×), camera images
+# of a microscope up to ~10; below 0.01 or above 100 a value is another unit (nm, mm) or
+# corruption, and at the extremes (1e-310, 1e308) the scale arithmetic overflows.
+MPP_RANGE = (0.01, 100.0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,16 @@ def slide_mpp(properties: Mapping[str, str], override: float | None) -> tuple[fl
             "The slide does not record its resolution (no openslide.mpp-x property); pass "
             "--mpp with its µm per pixel at level 0 (about 0.25 at 40×, 0.5 at 20×).",
         )
-    return sum(values) / len(values), "openslide.mpp-x/y"
+    mpp = math.fsum(v / len(values) for v in values)  # not sum()/n: 1e308 + 1e308 is inf
+    low, high = MPP_RANGE
+    if not low <= mpp <= high:
+        raise ServiceError(
+            422, "invalid_resolution",
+            f"The slide records {mpp:g} µm per pixel, outside the {low:g}..{high:g} a scan can "
+            "have (corrupt, or another unit); pass --mpp with its µm per pixel at level 0 "
+            "(about 0.25 at 40×, 0.5 at 20×).",
+        )
+    return mpp, "openslide.mpp-x/y"
 
 
 def choose_level(downsamples: Sequence[float], factor: float) -> int:
@@ -152,12 +165,17 @@ def level_reader(slide: Slide, level: int) -> TileReader:
     return read
 
 
+def thumbnail_level(slide: Slide, size: tuple[int, int]) -> int:
+    """The level read_thumbnail reads for a thumbnail of `size`: the nearest above it."""
+    return slide.handle.get_best_level_for_downsample(slide.dimensions[0] / size[0])
+
+
 def read_thumbnail(slide: Slide, size: tuple[int, int]) -> Image.Image:
     """The whole slide at `size`, read block by block from the level nearest above it, so
     memory stays bounded even for a slide without a pyramid."""
     width, _ = slide.dimensions
     scale = size[0] / width  # thumbnail pixels per level-0 pixel
-    level = slide.handle.get_best_level_for_downsample(1.0 / scale)
+    level = thumbnail_level(slide, size)
     downsample = slide.downsamples[level]
     level_w, level_h = slide.handle.level_dimensions[level]
     thumbnail = Image.new("RGB", size, "white")

@@ -1,6 +1,8 @@
 """One slide → `<name>.tiles.csv`, `<name>.geojson`, `<name>.heatmap.png`, `<name>.summary.json`.
 
-Steps: open (resolution from the slide or --mpp) → scale and pyramid level → tissue mask on a
+`<name>` is the slide's stem unless the caller gives another (the CLI does when two slides'
+stems collide). Steps: open (resolution from the slide or --mpp) → scale and pyramid level →
+the work bounded (Options.max_gigapixels, before any pixel is read) → tissue mask on a
 thumbnail → tiles with tissue predicted in batches (streamed to the CSV and the GeoJSON as
 they come) → heatmap and summary. Files are written under temporary names and renamed at the
 end, so a slide that fails half-way leaves nothing that looks finished.
@@ -25,9 +27,10 @@ import numpy as np
 import onnxruntime
 from tqdm.auto import tqdm
 
+from services.core.errors import ServiceError
 from services.core.model import InferenceModel
 from services.core.tissue import tissue_area_mm2, tissue_mask
-from services.slides.outputs import CsvTiles, GeoJsonTiles, render_heatmap, tile_row
+from services.slides.outputs import CsvTiles, GeoJsonTiles, render_heatmap, shown, tile_row
 from services.slides.reader import (
     Slide,
     choose_level,
@@ -35,6 +38,7 @@ from services.slides.reader import (
     library_version,
     open_slide,
     read_thumbnail,
+    thumbnail_level,
 )
 from services.slides.region import require_tissue, summarise_arrays
 from services.slides.tiling import (
@@ -59,6 +63,9 @@ class Options:
     batch_size: int = 32
     min_tissue: float = 0.5
     progress: bool = True
+    # Most level pixels one slide may make us read (the thumbnail's level and the tiles'), in
+    # gigapixels; None: no bound (the CLI always sets one: __main__.MAX_GIGAPIXELS).
+    max_gigapixels: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,24 +90,28 @@ class TileAnswers:
         self.analysed[cell] = True
 
 
-def output_paths(out: Path, slide_path: Path) -> dict[str, Path]:
-    return {kind: out / f"{slide_path.stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+def output_paths(out: Path, name: str) -> dict[str, Path]:
+    return {kind: out / f"{name}{suffix}" for kind, suffix in SUFFIXES.items()}
 
 
-def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path) -> dict:
-    """Analyse one slide into `out`; returns its summary. ServiceError on bad input."""
+def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path,
+                  name: str | None = None) -> dict:
+    """Analyse one slide into `out` as `<name>.*` (default: its stem); returns its summary.
+    ServiceError on bad input."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     with open_slide(path, options.mpp) as slide:
         scale = plan_scale(model.metadata, slide.mpp)
         grid = plan_grid(*slide.dimensions, scale, options.stride)
         level = choose_level(slide.downsamples, scale.factor)
+        if options.max_gigapixels is not None:
+            check_work(slide, grid, level, options.max_gigapixels)
         thumbnail = read_thumbnail(slide, thumbnail_size(grid))
         mask = tissue_mask(thumbnail)
         fractions = tissue_fractions(mask, grid)
         count = require_tissue(fractions, options.min_tissue, path.name)
         timings["tissue_s"] = time.perf_counter() - started
-        paths = output_paths(out, path)
+        paths = output_paths(out, name or path.stem)
         with _staged(paths.values()) as staged:
             t = time.perf_counter()
             answers = _predict(slide, model, grid, fractions, level, options, count,
@@ -125,6 +136,31 @@ def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path
     return document
 
 
+def check_work(slide: Slide, grid: Grid, level: int, max_gigapixels: float) -> None:
+    """413 `slide_too_large` when analysing the slide would read more than `max_gigapixels`
+    level pixels: the thumbnail's level whole, plus every tile of the grid at its level (an
+    upper bound: glass is skipped). Only the slide's header is known yet; no pixel is read.
+
+    The tile term also bounds the grid (a tile read is ≥ ~model_px² pixels), so the per-tile
+    answer grids stay small."""
+    thumb_level = thumbnail_level(slide, thumbnail_size(grid))
+    level_w, level_h = slide.handle.level_dimensions[thumb_level]
+    tile_read = max(1, round(grid.tile / slide.downsamples[level]))
+    thumb_px, tiles_px = level_w * level_h, grid.size * tile_read * tile_read
+    if thumb_px + tiles_px <= max_gigapixels * 1e9:
+        return
+    width, height = slide.dimensions
+    raise ServiceError(
+        413, "slide_too_large",
+        f"The slide declares {width}x{height} px at level 0 ({slide.handle.level_count} "
+        f"level(s)): analysing it would read {(thumb_px + tiles_px) / 1e9:.1f} gigapixels "
+        f"({thumb_px / 1e9:.1f} for the thumbnail at level {thumb_level}, "
+        f"{tiles_px / 1e9:.1f} for {grid.size} tiles at level {level}), more than "
+        f"--max-gigapixels {max_gigapixels:g}. A small file declaring this much is malformed; "
+        "for a real slide this large, raise --max-gigapixels.",
+    )
+
+
 def _predict(slide: Slide, model: InferenceModel, grid: Grid, fractions: np.ndarray,
              level: int, options: Options, count: int, csv_path: Path,
              geojson_path: Path) -> TileAnswers:
@@ -135,10 +171,11 @@ def _predict(slide: Slide, model: InferenceModel, grid: Grid, fractions: np.ndar
     with open(csv_path, "w", newline="", encoding="utf-8") as csv_stream, \
             open(geojson_path, "w", encoding="utf-8") as geo_stream:
         table = CsvTiles(csv_stream, meta.positive_class)
-        features = GeoJsonTiles(geo_stream, meta.positive_class, meta.classes, slide.path.name)
+        features = GeoJsonTiles(geo_stream, meta.positive_class, meta.classes,
+                                shown(slide.path.name))
         tiles = classify(model, grid, fractions, options.min_tissue, level_reader(slide, level),
                          options.batch_size)
-        for result in tqdm(tiles, total=count, unit="tile", desc=slide.path.name,
+        for result in tqdm(tiles, total=count, unit="tile", desc=shown(slide.path.name),
                            disable=not options.progress, leave=False):
             row = tile_row(result, meta.positive_class)  # the grid is in level-0 pixels
             table.add(row)
