@@ -34,6 +34,7 @@ from gunicorn import util as _gunicorn_util
 
 from services.core.files import model_file_problem
 from services.runtime.gunicorn_sigterm import post_worker_init  # noqa: F401 - a gunicorn hook
+from services.runtime.nginx import BODY_TIMEOUT_S
 from services.web.settings import Settings, SettingsError
 
 try:
@@ -106,6 +107,21 @@ def on_starting(server) -> None:
     problem = model_file_problem(_SETTINGS.model_path or "")
     if problem:
         _fail(server, problem)
+
+
+def pre_request(worker, req) -> None:
+    """Worker, headers parsed, before the app: bound each wait for more of the request body.
+
+    gunicorn reads the body with no timeout. Without nginx in front (`make serve`) a client that
+    stops sending mid-body, or frames a chunked body with bare LFs (gunicorn's parser waits for
+    a CRLF that never comes), would hold a sync worker until the worker timeout kills it, and a
+    gthread worker's thread for ever. Now a read that waits BODY_TIMEOUT_S (nginx's own
+    client_body_timeout) raises, and the app answers 408 (services/web/limits.py). Behind nginx
+    the body arrives whole, so this never fires there. It also bounds each send of the answer.
+    """
+    sock = getattr(getattr(req, "unreader", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(BODY_TIMEOUT_S)
 
 
 def post_fork(server, worker) -> None:

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from services.core.errors import ServiceError
 from services.web.limits import too_large
+from services.web.metrics import UNMATCHED_ROUTE
 from services.web.settings import Settings
 from services.web.state import runtime
 
@@ -170,7 +171,7 @@ def _record(status: int) -> None:
     """Metrics + one JSON access-log line. Never the body: image bytes stay out of logs."""
     current = runtime(current_app)
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule else "<unmatched>"
+    route = request.url_rule.rule if request.url_rule else UNMATCHED_ROUTE
     current.metrics.observe_request(route, request.method, status, seconds)
     line: dict[str, Any] = {
         "event": "request", "method": request.method, "route": route, "path": request.path,

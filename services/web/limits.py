@@ -6,15 +6,20 @@ but two things need help:
   to the limit and the rest is dropped: the app would parse a truncated body as if it were
   whole. Here it is read up to the limit plus one byte, and that byte is a 413;
 - each limit raises the same bare RequestEntityTooLarge. Here the parts are counted as the
-  body streams in, so too many parts is told apart from a text field that is too large.
+  body streams in, so too many parts is told apart from a text field that is too large;
+- the server's own body reader fails in its own ways: gunicorn (serving without nginx, as
+  `make serve` does) raises its parser's errors for malformed chunked framing and a socket
+  timeout when the body stops arriving (services/runtime/gunicorn_conf.py sets one). Here they
+  become a 400 `malformed_body` and a 408 `request_timeout`, never a 500.
 """
 
 from __future__ import annotations
 
 import io
-from typing import IO
+from typing import IO, NoReturn
 
 from flask import Request
+from werkzeug.exceptions import HTTPException
 from werkzeug.utils import cached_property
 from werkzeug.wrappers import Request as WerkzeugRequest
 
@@ -23,6 +28,9 @@ from services.core.errors import ServiceError
 # Parts of one multipart form: a batch is at most MAX_BATCH files, so this only stops abuse
 # (werkzeug's default; each part costs a FileStorage or a string while the form is parsed).
 MAX_FORM_PARTS = 1000
+SHOWN_REASON_CHARS = 120  # of the server's own words on a malformed body, in the 400
+CHUNKED_FRAMING = ("with Transfer-Encoding: chunked each chunk is '<hex size>\\r\\n<data>\\r\\n' "
+                   "and the body ends with '0\\r\\n\\r\\n' (RFC 9112, section 7.1)")
 
 
 class BoundedRequest(Request):
@@ -34,11 +42,11 @@ class BoundedRequest(Request):
         boundary = self.mimetype_params.get("boundary", "")
         if self.mimetype != "multipart/form-data":
             boundary = ""
-        if limit is None or "wsgi.input_terminated" not in self.environ:
+        if "wsgi.input_terminated" not in self.environ:
             source = super().stream  # werkzeug bounds it by Content-Length (413 above limit)
             return _CountingBody(source, None, boundary.encode()) if boundary else source
         # The server ends the body (chunked, or at Content-Length): read it here, capped.
-        if self.content_length is not None and self.content_length > limit:
+        if limit is not None and self.content_length is not None and self.content_length > limit:
             raise too_large(self)
         return _CountingBody(self.environ["wsgi.input"], limit, boundary.encode())
 
@@ -82,7 +90,12 @@ class _CountingBody(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         want = len(buffer) if self._cap is None else min(len(buffer), self._cap + 1 - self._read)
-        data = self._source.read(want)
+        try:
+            data = self._source.read(want)
+        except (ServiceError, HTTPException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server's reader raises its own classes
+            _unreadable(exc)
         self._read += len(data)
         if self._cap is not None and self._read > self._cap:
             raise ServiceError(
@@ -105,3 +118,18 @@ class _CountingBody(io.RawIOBase):
                 f"The multipart form has more than {MAX_FORM_PARTS} parts, the limit per "
                 "request; send one file part per image.",
             )
+
+
+def _unreadable(exc: Exception) -> NoReturn:
+    """The body the server could not deliver: 408 when it stopped arriving, else 400."""
+    if isinstance(exc, TimeoutError):
+        raise ServiceError(
+            408, "request_timeout",
+            "The request body stopped arriving before it was complete; send it without "
+            f"pauses ({CHUNKED_FRAMING}: a line ended by a bare LF never ends).",
+        ) from None
+    reason = " ".join(str(exc).split())[:SHOWN_REASON_CHARS] or type(exc).__name__
+    raise ServiceError(
+        400, "malformed_body",
+        f"The request body could not be read ({reason}); {CHUNKED_FRAMING}.",
+    ) from None

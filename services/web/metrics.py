@@ -27,6 +27,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # A stage of one prediction takes from tens of microseconds (serialise) to tens of ms (run).
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
                  0.1, 0.25, 1.0)
+# Label values come from closed sets: every distinct value is a time series kept for the life
+# of the process (and, under gunicorn, a record in each worker's mmap file). A client picks the
+# method name freely ("FOO /predict HTTP/1.1"), so any other method counts as OTHER_METHOD;
+# routes are already the app's own rules or UNMATCHED_ROUTE (services/web/hooks.py).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
+                           "CONNECT", "TRACE"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "<unmatched>"
 
 
 class Metrics:
@@ -67,6 +75,8 @@ class Metrics:
             self.stages.labels(name)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """`route`: a rule of the app or UNMATCHED_ROUTE; `method` as the client sent it."""
+        method = method if method in KNOWN_METHODS else OTHER_METHOD
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 
