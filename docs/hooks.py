@@ -76,7 +76,10 @@ def openapi_document(target: str = "sagemaker") -> dict[str, Any]:
     from services.web.app import create_app
     from services.web.openapi import openapi_spec
 
-    app = create_app({"MODEL_PATH": "", "MODEL_REQUIRED": False, "SERVING_TARGET": target})
+    # With a token set, as a deployment that takes one: the document then shows the bearer
+    # scheme and the 401s (without MHIST_API_TOKEN a server omits both).
+    app = create_app({"MODEL_PATH": "", "MODEL_REQUIRED": False, "SERVING_TARGET": target,
+                      "MHIST_API_TOKEN": "documentation"})
     return openapi_spec(app)
 
 

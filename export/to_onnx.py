@@ -56,6 +56,7 @@ from services.core.preprocessing import PreprocessSpec
 from services.core.quality import QualityRanges
 from training import input_mpp
 from training.data import DatasetError, load_annotations
+from training.metrics import format_auc
 from training.provenance import DEFAULT_TRACKING_URI, check_tracking_reachable, git_commit
 
 
@@ -568,9 +569,9 @@ def _print_summary(report: dict) -> None:
     final = report.get("test_evaluation")
     if final:
         print(
-            f"final evaluation (reported, gates nothing): accuracy FP32 "
-            f"{final['fp32']['accuracy']:.3f} vs INT8 {final['int8']['accuracy']:.3f} on "
-            f"{final['images']} test images"
+            f"final evaluation (reported, gates nothing) on {final['images']} test images: "
+            f"FP32 accuracy {final['fp32']['accuracy']:.3f}, AUC {format_auc(final['fp32'])}; "
+            f"INT8 accuracy {final['int8']['accuracy']:.3f}, AUC {format_auc(final['int8'])}"
         )
     for line in agreement_lines(cmp_) + agreement_lines(final):
         print(line)

@@ -128,3 +128,24 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     for path in (cm_path, roc_path, one_class):
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size[0] > 200 and img.size[1] > 200
+
+
+def test_auc_interval_is_seeded_stratified_and_shrinks_with_data() -> None:
+    from training.metrics import format_auc, roc_auc, roc_auc_interval
+
+    rng = np.random.default_rng(3)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.r_[np.zeros(2 * n), np.ones(n)]
+        return y, np.r_[rng.normal(0, 1, 2 * n), rng.normal(1.2, 1, n)]
+
+    small, large = sample(40), sample(400)
+    low, high = roc_auc_interval(*small)
+    assert low < roc_auc(*small) < high
+    assert roc_auc_interval(*small) == [low, high]  # seeded: the same data, the same interval
+    wide, narrow = high - low, np.subtract(*roc_auc_interval(*large)[::-1])
+    assert narrow < wide / 2  # ten times the data: about a third of the width
+    assert roc_auc_interval([0, 0], [0.1, 0.2]) is None
+    metrics = binary_metrics(*small)
+    assert metrics["roc_auc_ci95"] == [low, high]
+    assert format_auc(metrics).startswith(f"{metrics['roc_auc']:.3f} (95 % CI {low:.3f}–")

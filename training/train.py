@@ -51,6 +51,7 @@ from training.metrics import (
     agreement_metrics,
     binary_metrics,
     format_agreement,
+    format_auc,
     select_threshold,
 )
 from training.model import ARCHITECTURE, WeightsError, build_model
@@ -496,7 +497,7 @@ def report(card: dict, checkpoint: Path, synthetic: bool) -> dict:
     def line(x: dict) -> str:
         return (f"acc {x['accuracy']:.3f}  sens {x['sensitivity']:.3f}  spec {x['specificity']:.3f}"
                 f"  prec {x['precision']:.3f}  F1 {x['f1']:.3f}  bal.acc "
-                f"{x['balanced_accuracy']:.3f}  AUC {_fmt(x['roc_auc'])}")
+                f"{x['balanced_accuracy']:.3f}  AUC {format_auc(x)}")
 
     print(f"run id      : {ml['run_id']} (experiment {ml['experiment_id']}, {ml['tracking_uri']})")
     print(f"registered  : {ml['registered_model']} version {ml['version']}" if ml["version"]
