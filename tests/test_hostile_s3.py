@@ -11,7 +11,6 @@ Against moto's S3 in server mode, through make_handler as in tests/test_lambda_s
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from services.adapters.aws_lambda import make_handler
 from services.web.hooks import access_log, error_log
 from tests.support.lambda_local import LambdaContext
 from tests.support.logs import json_log_lines
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, process_environment
 from tests.support.s3_events import make_s3_event, make_s3_record, make_sqs_event
 
 pytestmark = pytest.mark.aws
@@ -36,14 +35,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def s3(moto: MotoServer):
     """moto's S3; this process's boto3 (the flow's client) talks to moto, never to AWS."""
-    saved = {key: os.environ.get(key) for key in moto.env()}
-    os.environ.update(moto.env())
-    yield moto.client("s3")
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with process_environment(moto):
+        yield moto.client("s3")
 
 
 class Bucket:

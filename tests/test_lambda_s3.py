@@ -13,7 +13,6 @@ moto's own notifications (S3 → SQS) where the case allows, else built by tests
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import uuid
@@ -31,7 +30,7 @@ from tests.support.images import built_image
 from tests.support.lambda_local import LambdaContext
 from tests.support.lambda_runtime import LambdaRuntimeServer
 from tests.support.logs import json_log_lines
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, process_environment
 from tests.support.s3_events import make_s3_event, make_s3_record, make_sqs_event
 
 RUN_ARGS = ("--stop-timeout", "1")  # awslambdaric ignores SIGTERM, as in Lambda
@@ -49,14 +48,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def aws_env(moto: MotoServer):
     """This process's boto3 (the flow's client) talks to moto, never to AWS."""
-    saved = {key: os.environ.get(key) for key in moto.env()}
-    os.environ.update(moto.env())
-    yield moto.env()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with process_environment(moto) as env:
+        yield env
 
 
 class Buckets:
