@@ -29,6 +29,21 @@ MAX_ASPECT_RATIO = 10
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ORIENTATION = 0x0112  # EXIF tag: 1 is upright
+# Peak bytes per pixel to decode an image of a mode and bring it to 8-bit RGB (to_rgb),
+# measured as peak RSS on 4096² images: 8-bit modes hold ≤ 4 bytes a pixel (Pillow stores RGB
+# as RGBX) and convert in one pass; alpha is composited on white through three RGBA images
+# (256 MiB at 4096²); 32-bit float goes through one float32 temporary (129 MiB); 16- and
+# 32-bit integers through float64 (383 MiB for a 4096² 16-bit PNG, against 48 for 8-bit RGB).
+_DECODE_BYTES_PER_PIXEL = {
+    **dict.fromkeys(("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"), 4),
+    **dict.fromkeys(("RGBA", "RGBa", "LA", "La", "PA"), 16),
+    "F": 8,
+}
+_UNLISTED_MODE_BYTES = 24  # "I", "I;16", "I;16B", ...: the float64 path
+# The decoding budget is max_pixels times this: an 8-bit RGBA image at the pixel limit, the
+# costliest image accepted at full size. 16- and 32-bit integer images get the same memory,
+# so fewer pixels (two thirds of the limit: 3344² instead of 4096²).
+MAX_DECODE_BYTES_PER_PIXEL = 16
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 # Never let Pillow decode a partial file silently: a truncated upload must be a 400.
@@ -105,6 +120,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     width, height = img.size
     if width * height > max_pixels:
         raise _too_many_pixels((width, height), max_pixels)
+    check_decode_bytes(img, max_pixels)
     if min(width, height) < MIN_SIDE:
         raise ServiceError(
             400,
@@ -131,6 +147,29 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except Exception as exc:  # noqa: BLE001 - truncated data, bad CRC, codec errors
         raise _corrupt_data(exc) from None
     return img
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """Peak bytes decoding `img` (opened, not loaded) and converting it to RGB will take."""
+    per_pixel = _DECODE_BYTES_PER_PIXEL.get(img.mode, _UNLISTED_MODE_BYTES)
+    if img.mode == "P" and "transparency" in img.info:
+        per_pixel = _DECODE_BYTES_PER_PIXEL["RGBA"]  # composited through RGBA like alpha
+    return img.size[0] * img.size[1] * per_pixel
+
+
+def check_decode_bytes(img: Image.Image, max_pixels: int) -> None:
+    """413 `image_too_large` when the image's mode makes it cost more memory than the limit
+    (MAX_DECODE_BYTES_PER_PIXEL × max_pixels), read from the header before any pixel."""
+    needed, limit = decode_bytes(img), MAX_DECODE_BYTES_PER_PIXEL * max_pixels
+    if needed > limit:
+        per_pixel = needed // (img.size[0] * img.size[1])
+        raise ServiceError(
+            413, "image_too_large",
+            f"The image is {img.size[0]}x{img.size[1]} pixels of mode {img.mode}: about "
+            f"{needed / 2**20:.0f} MiB to decode and convert to 8-bit RGB, over the limit of "
+            f"{limit / 2**20:.0f} MiB ({MAX_DECODE_BYTES_PER_PIXEL} bytes x {max_pixels} "
+            f"pixels). Send it as 8-bit RGB, or at most {limit // per_pixel} pixels.",
+        )
 
 
 def check_aspect_ratio(width: int, height: int) -> None:

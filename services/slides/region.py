@@ -19,6 +19,7 @@ from services.core.tissue import tissue_area_mm2, tissue_mask
 from services.slides.outputs import png_bytes, positive_regions, render_heatmap, tile_row
 from services.slides.tiling import (
     Grid,
+    Scale,
     TileReader,
     TileResult,
     check_mpp,
@@ -32,12 +33,78 @@ from services.slides.tiling import (
     tissue_fractions,
 )
 
-# Keeps a request inside the 30 s worker timeout: measured here, a 4096² PNG (512 tiles, the
-# 128-px INT8 demo model, 2 cores) took 7.4 s, decode and heatmap included.
+# Work limits: a request is bounded by the pixels it costs, not by its tile count alone (mpp
+# scales the tile: ?mpp=0.137&stride=1 on a 58 KB flat 4096² PNG once planned 1,024 tiles of
+# 3,270² px, 650× the default work, and died at 1.5 GiB after the 30 s worker timeout).
+# The yardstick is the default request on the largest image decode_image accepts: a 4096²
+# image at the model's own µm/px with stride = tile reads each pixel once (4096² source
+# pixels) and feeds the model (4096 / model_px)² tiles of model_px² pixels (4096² again).
+DEFAULT_REGION_PIXELS = 4096 * 4096
+# Tiles × model input pixels (resize_size²): the model's work. The yardstick itself: what
+# MAX_REGION_TILES allows the 128-px INT8 demo model, whose timing it was measured on (below);
+# a 224-px model gets the same work in 334 tiles (its default 4096² request is 324).
+MAX_REGION_MODEL_PIXELS = DEFAULT_REGION_PIXELS
+# Tiles × tile source pixels: pixels cropped, then resized to the model's input. 4× the
+# yardstick allows a half-tile stride (each pixel read 4 times) over the largest image; the
+# crops and resizes are cheap next to the model (memcpy and one antialiased pass).
+MAX_REGION_SOURCE_PIXELS = 4 * DEFAULT_REGION_PIXELS
+# Source pixels per model pixel. 8× is a 40× scan (0.25 µm/px) for the MHIST model (2.0 µm/px);
+# beyond it more than 98% of every tile's pixels are read only to be averaged away, which
+# says the mpp is wrong, not that the scan is fine.
+MAX_REGION_DOWNSCALE = 8.0
+# Tiles: per-tile Python work (crop, preprocessing, a result row) costs ~3 ms whatever the
+# model, so the count keeps its own bound: measured here, a 4096² PNG of 512 tiles (128-px INT8
+# demo model, 2 cores) took 7.4 s, decode and heatmap included; 4,096 tiles of the 64-px test
+# model took 12-32 s, too close to the 30 s worker timeout.
 MAX_REGION_TILES = 1024
 DEFAULT_MIN_TISSUE = 0.5
 REGION_BATCH = 16
+# Source pixels of one batch of crops (two batches are held: one read ahead): 16 tiles of
+# 448² px, a 2× downscale for a 224-px model; larger tiles go fewer to a batch (13 MB of RGBX).
+REGION_BATCH_PIXELS = REGION_BATCH * 448 * 448
 MAX_HEATMAP_SIDE = 512  # the answer's PNG stays small (tens of kB)
+
+
+def too_much_work(what: str, advice: str) -> ServiceError:
+    return ServiceError(400, "too_much_work", f"{what}; {advice}")
+
+
+def check_scale(scale: Scale, mpp_given: bool) -> None:
+    """400 `too_much_work` when a tile is more than MAX_REGION_DOWNSCALE× the model's input;
+    checked before the grid is planned, so a subnormal mpp never reaches the arithmetic."""
+    if scale.factor > MAX_REGION_DOWNSCALE:
+        where = "the mpp given" if mpp_given else "the model's mpp"
+        raise too_much_work(
+            f"At {scale.source_mpp:g} µm/px ({where}) one tile would be "
+            f"{scale.factor:.3g}× the model's input of {scale.model_px} px at "
+            f"{scale.model_mpp:g} µm/px per side; the limit is {MAX_REGION_DOWNSCALE:g}× "
+            f"(mpp ≥ {scale.model_mpp / MAX_REGION_DOWNSCALE:g})",
+            "check the mpp, or downscale the image to at most that resolution and send its mpp")
+
+
+def check_work(grid: Grid, scale: Scale, max_tiles: int = MAX_REGION_TILES) -> None:
+    """400 when the grid's tiles, source pixels or model pixels exceed the limits above."""
+    planned = f"The region makes {grid.size} tiles ({grid.columns}x{grid.rows}"
+    advice = "send a smaller region or a larger stride"
+    if grid.size > max_tiles:
+        raise ServiceError(400, "too_many_tiles",
+                           f"{planned}); the limit is {max_tiles}: {advice}.")
+    source = grid.size * grid.tile ** 2
+    if source > MAX_REGION_SOURCE_PIXELS:
+        raise too_much_work(
+            f"{planned} of {grid.tile}x{grid.tile} px), {source:,} source pixels to read; the "
+            f"limit is {MAX_REGION_SOURCE_PIXELS:,} (MAX_REGION_SOURCE_PIXELS)", advice + ".")
+    model = grid.size * scale.model_px ** 2
+    if model > MAX_REGION_MODEL_PIXELS:
+        raise too_much_work(
+            f"{planned}), {model:,} pixels of model input ({scale.model_px}² a tile); the "
+            f"limit is {MAX_REGION_MODEL_PIXELS:,} (MAX_REGION_MODEL_PIXELS)",
+            advice + ", or a coarser mpp.")
+
+
+def batch_size(grid: Grid) -> int:
+    """Tiles per session.run: REGION_BATCH, fewer when tiles are large (REGION_BATCH_PIXELS)."""
+    return max(1, min(REGION_BATCH, REGION_BATCH_PIXELS // grid.tile ** 2))
 
 
 def crop_reader(image: Image.Image) -> TileReader:
@@ -67,20 +134,21 @@ def analyse_region(model: InferenceModel, image: Image.Image, mpp: float | None 
     """The /predict/region answer for a decoded image; ServiceError (4xx) for bad input."""
     meta = model.metadata
     source_mpp = meta.mpp if mpp is None else check_mpp(mpp, "mpp")
+    # The downscale bound first: it also keeps a subnormal mpp (a tile of inf pixels) from
+    # reaching plan_scale's own 400, so every too-fine mpp gets the same answer.
+    check_scale(Scale(source_mpp, meta.mpp, meta.preprocessing.resize_size), mpp is not None)
     scale = plan_scale(meta, source_mpp)
+    # Upright per EXIF before the grid is planned: a strip stored rotated (Orientation 6)
+    # must be tiled as the picture it shows. Once: tiles and thumbnail share these pixels.
+    image = to_rgb(image)
     grid = plan_grid(image.width, image.height, scale, stride)
-    if grid.size > max_tiles:
-        raise ServiceError(
-            400, "too_many_tiles",
-            f"The region makes {grid.size} tiles ({grid.columns}x{grid.rows}); the limit is "
-            f"{max_tiles}: send a smaller region or a larger stride.",
-        )
-    image = to_rgb(image)  # once, upright per EXIF: tiles and thumbnail share these pixels
+    check_work(grid, scale, max_tiles)
     thumbnail = region_thumbnail(image, grid)
     mask = tissue_mask(thumbnail)
     fractions = tissue_fractions(mask, grid)
     require_tissue(fractions, min_tissue, "the region")
-    results = list(classify(model, grid, fractions, min_tissue, crop_reader(image), REGION_BATCH))
+    results = list(classify(model, grid, fractions, min_tissue, crop_reader(image),
+                        batch_size(grid)))
     values = probability_grid(results, grid)
     positive = meta.positive_class
     heatmap = render_heatmap(thumbnail, values, grid, f"P({positive})", meta.served_threshold)

@@ -66,7 +66,8 @@ def check_mpp(value: float, what: str) -> float:
 
 
 def plan_scale(metadata: ModelMetadata, source_mpp: float) -> Scale:
-    """The scale from a source at `source_mpp` to the model; 422 if it needs > 2× upsampling."""
+    """The scale from a source at `source_mpp` to the model; 422 if it needs > 2× upsampling,
+    400 if a tile would not even have a size in pixels (a subnormal µm/px: 7 / 5e-324 = inf)."""
     scale = Scale(source_mpp, metadata.mpp, metadata.preprocessing.resize_size)
     if scale.factor < 1.0 / MAX_UPSAMPLING:
         raise ServiceError(
@@ -75,6 +76,13 @@ def plan_scale(metadata: ModelMetadata, source_mpp: float) -> Scale:
             f"The image is at {source_mpp:g} µm/px but the model needs {metadata.mpp:g} µm/px: "
             f"{1.0 / scale.factor:.2f}× upsampling, more than the {MAX_UPSAMPLING:g}× allowed. "
             "Use a finer scan, or check the resolution given.",
+        )
+    if not math.isfinite(scale.model_px * scale.factor):
+        # round(inf) in source_px would be an OverflowError, i.e. a 500.
+        raise ServiceError(
+            400, "invalid_mpp",
+            f"{source_mpp:g} µm/px is not a usable resolution: one tile of the model "
+            f"({scale.tile_um:g} µm) would be more pixels than can be counted.",
         )
     return scale
 
@@ -108,8 +116,7 @@ def plan_grid(width: int, height: int, scale: Scale, stride: int | None = None) 
     """The grid over a source; `stride` in model pixels (default: one tile, no overlap)."""
     if stride is not None and stride < 1:
         raise ServiceError(400, "invalid_stride", f"The stride must be ≥ 1 pixel, got {stride}.")
-    tile = scale.source_px(scale.model_px)
-    grid = Grid(width, height, tile, scale.source_px(stride or scale.model_px))
+    tile = scale.source_px(scale.model_px)  # finite: plan_scale checked it
     if width < tile or height < tile:
         raise ServiceError(
             400,
@@ -117,15 +124,18 @@ def plan_grid(width: int, height: int, scale: Scale, stride: int | None = None) 
             f"The image is {width}x{height} px at {scale.source_mpp:g} µm/px, smaller than one "
             f"tile ({tile}x{tile} px = {scale.tile_um:g} µm, the model's field of view).",
         )
-    if grid.stride > max(width, height):
-        # Bounded here, for the CLI and the API alike: a stride beyond the image makes one
-        # tile anyway, and an unbounded one overflows the grid's integer arithmetic.
+    # Bounded before it is converted, for the CLI and the API alike: a stride beyond the image
+    # makes one tile anyway, and an unbounded one overflows float and integer arithmetic
+    # (1e308 model px × 14 source px per model px = inf). factor ≥ 1 / MAX_UPSAMPLING, so
+    # the first test keeps a huge integer out of the float product.
+    side = max(width, height)
+    if stride is not None and (stride > MAX_UPSAMPLING * side or stride * scale.factor > side):
         raise ServiceError(
             400, "invalid_stride",
-            f"The stride ({stride} model px = {grid.stride} px here) is larger than the image "
-            f"({width}x{height} px); use at most one image side.",
+            f"The stride ({stride} model px) is larger than the image ({width}x{height} px at "
+            f"{scale.factor:g} px per model px); use at most {int(side / scale.factor)}.",
         )
-    return grid
+    return Grid(width, height, tile, scale.source_px(stride or scale.model_px))
 
 
 def thumbnail_scale(grid: Grid) -> float:

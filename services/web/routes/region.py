@@ -4,6 +4,8 @@ How a QuPath script or a slide viewer sends the region a pathologist selected. T
 image as /predict takes it (raw bytes, multipart field `image`, or JSON {"image": base64}), up to
 MAX_IMAGE_PIXELS; query parameters: `mpp` (µm per pixel of the image; default: the model's
 own), `stride` (pixels at the model's scale; default: one tile) and `min_tissue` (0..1).
+Each is checked here (400 `invalid_parameter`); the work they plan is bounded in pixels by
+services/slides/region.py (400 `too_much_work` / `too_many_tiles`, naming the limit).
 The tiling is services/slides/tiling.py, the code the whole-slide CLI runs.
 """
 
