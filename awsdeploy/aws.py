@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError, NoCredentialsError
 from awsdeploy import container_engine
 from awsdeploy.cli import DEFAULT_REGION, DeployError, region_name
 from awsdeploy.oci import Registry, RegistryError, held_by_tag
+from services.web.settings import SettingsError  # the one "a setting is unusable" error
 
 __all__ = ["DEFAULT_REGION", "region_name"]  # declared once, in awsdeploy.cli
 T = TypeVar("T")
@@ -48,10 +49,6 @@ def endpoint_url() -> str | None:
 
 
 REGISTRY_OVERRIDE = "ECR_REGISTRY_OVERRIDE"
-
-
-class SettingsError(ValueError):
-    """A deploy setting from the environment is invalid; the message says how to fix it."""
 
 
 def registry_override() -> tuple[str, bool] | None:
@@ -112,10 +109,6 @@ def client(service: str, aws_session: boto3.Session | None = None, region: str |
         endpoint_url=endpoint_url(),
         config=Config(retries={"max_attempts": attempts, "mode": "adaptive"}),
     )
-
-
-def account_id(aws_session: boto3.Session | None = None) -> str:
-    return client("sts", aws_session).get_caller_identity()["Account"]
 
 
 def partition(region: str) -> str:
