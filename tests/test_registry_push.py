@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from awsdeploy import aws, containers
+from awsdeploy import aws, container_engine
 from services.core.files import sha256_file
 from services.core.model import InferenceModel
 from tests.conftest import unavailable
@@ -179,11 +179,11 @@ def test_deploy_pushes_one_manifest_that_pulls_back_and_predicts(
     assert manifest.media_type in (DOCKER_MANIFEST, OCI_MANIFEST)  # never a list or index
     assert manifest.media_type == DOCKER_MANIFEST  # podman --format v2s2 / docker's default
     assert manifest.body["schemaVersion"] == 2 and "manifests" not in manifest.body
-    assert manifest.body["config"]["digest"] == containers.image_id(f"{repository}:v1")
+    assert manifest.body["config"]["digest"] == container_engine.image_id(f"{repository}:v1")
     assert f"pushed {outputs['image_uri']} ({manifest.digest})" in result.stdout
     assert registry.tags(repository) == ["v1"]
-    print(f"\n[registry push] deploy's image {containers.image_id(f'{repository}:v1')[:19]}, "
-          f"session image {containers.image_id(lambda_image)[:19]}; "
+    print(f"\n[registry push] deploy's image {container_engine.image_id(f'{repository}:v1')[:19]}, "
+          f"session image {container_engine.image_id(lambda_image)[:19]}; "
           f"{len(manifest.body['layers'])} layers, "
           f"{sum(x['size'] for x in manifest.body['layers']) / 1e6:.1f} MB compressed")
 
@@ -224,8 +224,8 @@ def test_a_tag_holding_another_image_is_never_overwritten(
     # Another image under the tag first, pushed with the same credentials.
     for key, value in engine_auth.items():
         monkeypatch.setenv(key, value)
-    containers.login(registry.host, *ecr_credentials, tls_verify=False)
-    containers.push(other, remote, tls_verify=False)
+    container_engine.login(registry.host, *ecr_credentials, tls_verify=False)
+    container_engine.push(other, remote, tls_verify=False)
     before = registry.manifest(repository, "taken")
 
     result = deploy(moto, "deploy", "--name", name, "--model", staged_model, "--tag", "taken",
@@ -234,8 +234,8 @@ def test_a_tag_holding_another_image_is_never_overwritten(
 
     assert result.returncode == 1, result.stdout[-3000:]
     assert result.stderr.strip() == (
-        f"error: {remote} already holds another image ({containers.image_id(other)}, ours is "
-        f"{containers.image_id(f'{repository}:taken')}); tags are immutable: deploy with a "
+        f"error: {remote} already holds another image ({container_engine.image_id(other)}, ours is "
+        f"{container_engine.image_id(f'{repository}:taken')}); tags are immutable: deploy with a "
         "new --tag")
     assert registry.manifest(repository, "taken") == before  # untouched
     assert "create or update function" not in result.stdout  # stopped before the function
