@@ -54,6 +54,7 @@ from services.core.metadata import ModelMetadata
 from services.core.model import InferenceModel
 from services.core.preprocessing import PreprocessSpec
 from services.core.quality import QualityRanges
+from services.core.switches import WORDS_TEXT, parse_switch
 from training import input_mpp
 from training.data import DatasetError, load_annotations
 from training.metrics import format_auc
@@ -63,6 +64,13 @@ from training.provenance import DEFAULT_TRACKING_URI, check_tracking_reachable, 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
                      argparse.ArgumentDefaultsHelpFormatter):
     """The module docstring as written, and every option's default."""
+
+
+def _switch(raw: str) -> bool:
+    value = parse_switch(raw)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not {WORDS_TEXT}")
+    return value
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -172,9 +180,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--allow-degraded",
-        action="store_true",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_switch,
+        metavar="true|false",
         help="export anyway when the skill gate or the INT8 accuracy gate fails; the report "
-        "records which gate was overridden",
+        "records which gate was overridden (a value, for MLproject's entry point: "
+        "--allow-degraded false)",
     )
     p.add_argument(
         "--quality-ranges",

@@ -317,9 +317,10 @@ def test_mlproject_entry_points_against_the_team_server(team: Team, tiny_sample:
     assert (project / "artifacts" / "best.pt").is_file()
 
     # The export entry point with its defaults: out=artifacts, where `make serve` and the
-    # image builds look for the files.
+    # image builds look for the files. The tiny sample's 6 validation images cannot show skill
+    # beyond chance (the gate would need AUC > 0.94), so the run keeps its files explicitly.
     exported = _mlflow_run(mlflow_cli, project, env, "export", "calibration_size=16",
-                           "max_accuracy_drop=100")
+                           "max_accuracy_drop=100", "allow_degraded=true")
     assert client.get_run(exported).info.status == "FINISHED"
     for name in ("model.onnx", "model.int8.onnx", "export_report.json"):
         assert (project / "artifacts" / name).is_file(), name
