@@ -132,7 +132,9 @@ def assert_matches_api(shown: dict, expected: dict) -> None:
 
 def test_choose_a_file_shows_the_api_answer(page, base_url, sample_image_bytes):
     expected = api_predict(base_url, sample_image_bytes)
-    page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+    # A selector, not wait_for_function: Playwright polls a string predicate with eval, which
+    # the page's CSP (script-src 'self') refuses once the condition is not true at once.
+    page.wait_for_selector("#model:has-text('classes')")
     page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
                                           "buffer": sample_image_bytes}])
     assert_matches_api(shown_result(page), expected)
@@ -178,7 +180,7 @@ def test_the_page_shows_the_uncertain_decision_and_the_band(browser, banded_url,
     try:
         page = context.new_page()
         page.goto(banded_url + "/")
-        page.wait_for_function("!document.getElementById('band-info').hidden")
+        page.wait_for_selector("#band-info:not([hidden])", state="attached")  # see above
         assert page.inner_text("#band") == "0.000 and 1.000"
         page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
                                               "buffer": sample_image_bytes}])
@@ -194,9 +196,7 @@ def test_the_explain_box_lays_the_map_over_the_image(page, base_url, sample_imag
                                      headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(request, timeout=30) as response:
         expected = json.loads(response.read())
-    # Selectors, not wait_for_function: Playwright polls a string predicate with eval, which
-    # the page's CSP (script-src 'self') refuses once the condition is not true at once.
-    page.wait_for_selector("#model:has-text('classes')")
+    page.wait_for_selector("#model:has-text('classes')")  # a selector: see above
     page.check("#explain")
     page.set_input_files("#file", files=[{"name": "sample.png", "mimeType": "image/png",
                                           "buffer": sample_image_bytes}])
