@@ -94,8 +94,8 @@ def compare_precisions(
     pos = meta.positive_index
     p32 = onnx_probabilities(fp32, batch)
     p8 = onnx_probabilities(int8, batch)
-    m32 = binary_metrics(labels, p32[:, pos], meta.threshold)
-    m8 = binary_metrics(labels, p8[:, pos], meta.threshold)
+    m32 = binary_metrics(labels, p32[:, pos], meta.threshold, interval=True)
+    m8 = binary_metrics(labels, p8[:, pos], meta.threshold, interval=True)
     same_label = (p32[:, pos] >= meta.threshold) == (p8[:, pos] >= meta.threshold)
     result = {
         "split": split,

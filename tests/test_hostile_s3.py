@@ -20,8 +20,9 @@ from services.adapters.aws_lambda import make_handler
 from services.web.hooks import access_log, error_log
 from tests.support.lambda_local import LambdaContext
 from tests.support.logs import json_log_lines
-from tests.support.moto import MotoServer, process_environment
+from tests.support.moto import MotoServer
 from tests.support.s3_events import make_s3_event, make_s3_record, make_sqs_event
+from tests.support.targets import patched_environ
 
 pytestmark = pytest.mark.aws
 
@@ -35,7 +36,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def s3(moto: MotoServer):
     """moto's S3; this process's boto3 (the flow's client) talks to moto, never to AWS."""
-    with process_environment(moto):
+    with patched_environ(moto.env()):
         yield moto.client("s3")
 
 

@@ -30,8 +30,9 @@ from tests.support.images import built_image
 from tests.support.lambda_local import LambdaContext
 from tests.support.lambda_runtime import LambdaRuntimeServer
 from tests.support.logs import json_log_lines
-from tests.support.moto import MotoServer, process_environment
+from tests.support.moto import MotoServer
 from tests.support.s3_events import make_s3_event, make_s3_record, make_sqs_event
+from tests.support.targets import patched_environ
 
 RUN_ARGS = ("--stop-timeout", "1")  # awslambdaric ignores SIGTERM, as in Lambda
 ROUNDS = 5  # interleaved container starts per variant when timing INIT
@@ -48,8 +49,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def aws_env(moto: MotoServer):
     """This process's boto3 (the flow's client) talks to moto, never to AWS."""
-    with process_environment(moto) as env:
-        yield env
+    with patched_environ(moto.env()):
+        yield moto.env()
 
 
 class Buckets:

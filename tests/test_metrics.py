@@ -146,6 +146,7 @@ def test_auc_interval_is_seeded_stratified_and_shrinks_with_data() -> None:
     wide, narrow = high - low, np.subtract(*roc_auc_interval(*large)[::-1])
     assert narrow < wide / 2  # ten times the data: about a third of the width
     assert roc_auc_interval([0, 0], [0.1, 0.2]) is None
-    metrics = binary_metrics(*small)
+    assert "roc_auc_ci95" not in binary_metrics(*small)  # per-epoch metrics skip the cost
+    metrics = binary_metrics(*small, interval=True)
     assert metrics["roc_auc_ci95"] == [low, high]
     assert format_auc(metrics).startswith(f"{metrics['roc_auc']:.3f} (95 % CI {low:.3f}–")

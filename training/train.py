@@ -52,6 +52,7 @@ from training.metrics import (
     binary_metrics,
     format_agreement,
     format_auc,
+    roc_auc_interval,
     select_threshold,
 )
 from training.model import ARCHITECTURE, WeightsError, build_model
@@ -473,9 +474,10 @@ def finish(model, data: Data, cfg: TrainConfig, device, amp: bool, fitted: dict,
     val = evaluate(model, criterion, data.loaders["val"], device, amp, desc="best on val")
     threshold, rule = select_threshold(val["targets"], val["probs"], cfg.threshold_rule,
                                        cfg.target_sensitivity)
-    val["metrics"] = {**binary_metrics(val["targets"], val["probs"], threshold),
+    val["metrics"] = {**binary_metrics(val["targets"], val["probs"], threshold, interval=True),
                       "loss": val["loss"]}
     test = evaluate(model, criterion, data.loaders["test"], device, amp, threshold, desc="test")
+    test["metrics"]["roc_auc_ci95"] = roc_auc_interval(test["targets"], test["probs"])
     metrics = {"val": val["metrics"], "test": test["metrics"],
                "test_at_0.5": {**binary_metrics(test["targets"], test["probs"], 0.5),
                                "loss": test["loss"]},

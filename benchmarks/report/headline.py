@@ -100,13 +100,20 @@ def headline_rows(results: Results) -> list[list[str]]:
             + _container_rows(results) + _process_row(results) + _peer_rows(results))
 
 
+def _simd(flags: dict[str, bool]) -> str:
+    """The CPU's SIMD features present, which INT8's and PyTorch's speeds depend on."""
+    present = [name for name, on in flags.items() if on]
+    return ", ".join(present) if present else "no AVX2, AVX-512 or ARM dot product"
+
+
 def headline(results: Results) -> str:
     run, cpus = results.run, results.machine.usable_cpus
     load = run.load_at_start
     state = ("**busy machine: not comparable with an idle run**" if busy(load, cpus or 1)
              else "not flagged as busy")
     return "\n".join([
-        f"Run {run.stamp} ({run.mode} mode) on {results.machine.cpu_model}, "
+        f"Run {run.stamp} ({run.mode} mode) on {results.machine.cpu_model} "
+        f"({_simd(results.machine.flags)}), "
         f"{cpus} CPUs, {run.threads} threads per runtime; 1-min load at start "
         f"{load[0] if load else '?'} ({state}). (×r) = the cell ÷ the row's \"PyTorch, best "
         "FP32\" cell; the PyTorch baseline container serves frozen TorchScript. Details, "

@@ -15,14 +15,12 @@ present either as inference.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.containers import free_port
@@ -126,18 +124,3 @@ class MotoServer(ChildServer):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-@contextlib.contextmanager
-def process_environment(server: MotoServer) -> Iterator[dict[str, str]]:
-    """This process's boto3 talks to `server`, never to AWS, until the block ends; the
-    variables it replaced are put back."""
-    saved = {key: os.environ.get(key) for key in server.env()}
-    os.environ.update(server.env())
-    try:
-        yield server.env()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
