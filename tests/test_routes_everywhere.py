@@ -15,6 +15,7 @@ from flask import Flask
 
 from services.adapters.aws_lambda import app_of
 from services.web.openapi import openapi_path
+from services.web.state import runtime
 from tests.support.corpus import small_png
 from tests.support.targets import (
     TARGET_NAMES,
@@ -41,11 +42,14 @@ def routes(app: Flask) -> set[tuple[str, str, str]]:
     """(method, path with sample arguments, OpenAPI path) for every route but static files."""
     adapter = app.url_map.bind("localhost")
     found = set()
+    meta = runtime(app).state.require().metadata  # /v2/models/<name>: the served model's own
+    samples = {"name": meta.name, "version": meta.version}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
         for method in sorted((rule.methods or set()) - IMPLICIT):
-            path = adapter.build(rule.endpoint, dict.fromkeys(rule.arguments, 1), method=method)
+            arguments = {name: samples.get(name, 1) for name in rule.arguments}
+            path = adapter.build(rule.endpoint, arguments, method=method)
             found.add((method, path, openapi_path(rule.rule)))
     return found
 

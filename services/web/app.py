@@ -5,10 +5,10 @@ The Flask container (gunicorn), the Lambda function (apig-wsgi) and the SageMake
 session is built here, once per process (gunicorn runs with preload off: once per worker).
 
 Blueprints: api (predict routes), region (/predict/region), ops (health, ready, metadata,
-metrics, openapi), ui (the upload page), and sagemaker (/ping, /invocations,
-/execution-parameters) on the `sagemaker` target only. Hooks (request id, API token, CORS,
-security headers, metrics, one JSON log line per request, optionally CloudWatch EMF) and JSON
-error handlers apply to every route.
+metrics, openapi), ui (the upload page), v2 (the Open Inference Protocol, /v2/...), and
+sagemaker (/ping, /invocations, /execution-parameters) on the `sagemaker` target only. Hooks
+(request id, API token, CORS, security headers, metrics, one JSON log line per request,
+optionally CloudWatch EMF) and JSON error handlers apply to every route.
 
 Local run without a container:
     MODEL_PATH=artifacts/model.int8.onnx .venv/bin/python -m services.runtime.server
@@ -26,7 +26,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from services.web import hooks
 from services.web.limits import BoundedRequest
 from services.web.metrics import Metrics
-from services.web.routes import api, ops, region, sagemaker, ui
+from services.web.routes import api, ops, region, sagemaker, ui, v2
 from services.web.settings import Settings
 from services.web.startup import log_ready
 from services.web.state import ModelState, Runtime, attach
@@ -52,7 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     state.start()
     attach(app, Runtime(settings, state, Metrics()))
 
-    for blueprint in (api.bp, region.bp, ops.bp, ui.bp):
+    for blueprint in (api.bp, region.bp, ops.bp, ui.bp, v2.bp):
         app.register_blueprint(blueprint)
     if settings.target == "sagemaker":
         app.register_blueprint(sagemaker.bp)

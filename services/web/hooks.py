@@ -33,7 +33,8 @@ from services.web.state import runtime
 # Routes anyone may call even when an API token is set: probes and the static page itself
 # (the page asks for the token and sends it with its own API calls). SageMaker's /ping is a
 # probe too: the platform sends no token.
-OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready", "ui.index", "static", "sagemaker.ping"})
+OPEN_ENDPOINTS = frozenset({"ops.health", "ops.ready", "ui.index", "static", "sagemaker.ping",
+                            "v2.live", "v2.server_ready"})
 # The page's CSS/JS/images come from this origin only; previews are blob: URLs.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -208,12 +209,20 @@ def _emf(line: dict[str, Any], settings: Settings) -> dict[str, Any]:
 # --- errors -----------------------------------------------------------------------------------
 
 def _service_error(exc: ServiceError) -> tuple[Response, int, dict[str, str]]:
-    return jsonify(exc.to_dict()), exc.status_code, exc.headers
+    return jsonify(_shaped(exc.to_dict())), exc.status_code, exc.headers
+
+
+def _shaped(body: dict) -> dict:
+    """The Open Inference Protocol's routes (/v2...) answer errors as {"error": "message"}."""
+    path = request.path
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": body["error"]["message"]}
+    return body
 
 
 def _http_error(exc: HTTPException) -> Response:
     response = exc.get_response()  # keeps headers such as Allow on a 405
-    response.data = json.dumps(http_error_body(exc))
+    response.data = json.dumps(_shaped(http_error_body(exc)))
     response.content_type = "application/json"
     return response
 
@@ -233,4 +242,4 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
     }))
     body = {"error": {"code": "internal_error", "message": "Internal server error; "
                       f"quote request id {g.get('request_id')} when reporting it."}}
-    return jsonify(body), 500
+    return jsonify(_shaped(body)), 500

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 from flask import Flask, Response, has_request_context, jsonify
 
 from services.core.errors import ServiceError
@@ -51,6 +52,15 @@ class Inference:
             done(predicted=body["count"] - body["errors"], rejected=body["errors"],
                  results=body["predictions"])
         return body
+
+    def tensors(self, batch: np.ndarray, endpoint: str) -> list[dict]:
+        """A preprocessed (N, 3, S, S) float32 batch (the Open Inference Protocol's FP32
+        input) → one prediction JSON per row; no quality checks (there is no image)."""
+        model = self.model
+        with self._timed(endpoint) as done:
+            results = [p.to_dict(model.metadata) for p in model.predict_array(batch)]
+            done(predicted=len(results), rejected=0, results=results)
+        return results
 
     def region(self, analyse: Callable[[], dict], endpoint: str) -> dict:
         """A tiled region: `analyse()` runs every tile and returns the region's JSON."""

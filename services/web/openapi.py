@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask
 
+from services.core import contracts_v2
 from services.core.contracts import schema_components
 from services.core.preprocessing import ACCEPTED_FORMATS, MAX_ASPECT_RATIO, MIN_SIDE
 from services.core.switches import OFF_WORDS, ON_WORDS
@@ -121,6 +122,60 @@ _NO_EXPLANATIONS = {"409": _error("explain=1, but the model file was exported wi
 _OPEN: dict[str, Any] = {"security": []}
 
 
+# --- the Open Inference Protocol (services/web/routes/v2.py): its own error shape ----------------
+
+def _v2_error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ref("ErrorV2")}}}
+
+
+_V2_ERRORS = {
+    "400": _v2_error("Malformed inference request: JSON, shape, datatype, input or output "
+                     "name, binary sizes, an element that is not an image, NaN in FP32."),
+    "401": _v2_error("API token missing or wrong (only when MHIST_API_TOKEN is set)."),
+    "404": _v2_error("No model of that name or version is served here."),
+    "408": _v2_error("The body stopped arriving before it was complete."),
+    "413": _v2_error("Body over the size limit, or an image with too many pixels."),
+    "415": _v2_error("A compressed body (Content-Encoding); send it uncompressed."),
+    "503": _v2_error("The model is not loaded."),
+}
+_V2_MODEL_ERRORS = {code: _V2_ERRORS[code] for code in ("401", "404", "503")}
+_HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Binary tensor data extension: the byte length of the JSON part; the rest "
+                   "of the body is the inputs' bytes (see each input's binary_data_size).",
+}
+
+
+def _v2_operations() -> dict[str, dict[str, Any]]:
+    binary = {"type": "string", "format": "binary",
+              "description": "Inference-Header-Content-Length bytes of JSON (InferenceRequest "
+                             "or InferenceResponse), then the tensors' bytes."}
+    return {
+        "v2.live": {**_OPEN, "responses": {"200": _json("Live.", _ref("Live"))}},
+        "v2.server_ready": {**_OPEN, "responses": {"200": _json("Ready.", _ref("ReadyV2")),
+                                                   "503": _V2_ERRORS["503"]}},
+        "v2.server_metadata": {"responses": {
+            "200": _json("Server metadata.", _ref("ServerMetadata")), "401": _V2_ERRORS["401"]}},
+        "v2.model_metadata": {"responses": {
+            "200": _json("Model metadata.", _ref("ModelMetadataV2")), **_V2_MODEL_ERRORS}},
+        "v2.model_ready": {"responses": {"200": _json("Ready.", _ref("ModelReady")),
+                                         **_V2_MODEL_ERRORS}},
+        "v2.infer": {
+            "parameters": [_HEADER_LENGTH],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("InferenceRequest")},
+                "application/octet-stream": {"schema": binary}}},
+            "responses": {"200": {
+                "description": "The outputs; binary when an output asked for binary_data.",
+                "content": {"application/json": {"schema": _ref("InferenceResponse")},
+                            "application/octet-stream": {"schema": binary}}},
+                **_V2_ERRORS},
+        },
+    }
+
+
 def _operations(max_batch: int) -> dict[str, dict[str, Any]]:
     """Details for the routes that have them, by endpoint. A route without an entry still
     appears, described by its view's docstring: the paths come from the app's url_map."""
@@ -169,6 +224,7 @@ def _operations(max_batch: int) -> dict[str, dict[str, Any]]:
             "content": {"text/html": {"schema": {"type": "string"}}}}}},
         "sagemaker.ping": {**_OPEN, "responses": {"200": {"description": "Ready (empty body)."},
                                                   "503": _ERRORS["503"]}},
+        **_v2_operations(),
         "sagemaker.invocations": {
             "parameters": [_EXPLAIN, _CUSTOM_ATTRIBUTES],
             "requestBody": _invocations_body(max_batch),
@@ -218,9 +274,21 @@ def _paths(app: Flask, secured: bool) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         for method in sorted((rule.methods or set()) - _IMPLICIT_METHODS):
             item = paths.setdefault(openapi_path(rule.rule), {})
-            item[method.lower()] = _operation(rule.endpoint, view,
-                                              operations.get(rule.endpoint), secured)
+            operation = _operation(rule.endpoint, view, operations.get(rule.endpoint), secured)
+            item[method.lower()] = _with_path_arguments(operation, rule.arguments)
     return paths
+
+
+def _with_path_arguments(operation: dict[str, Any], arguments: Any) -> dict[str, Any]:
+    """Declare a rule's path arguments (/v2/models/{name}); a second rule of one view (its
+    /versions/{version} form) gets an operationId of its own."""
+    if not arguments:
+        return operation
+    declared = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in sorted(arguments)]
+    suffix = "Version" if "version" in arguments else ""
+    return {**operation, "operationId": operation["operationId"] + suffix,
+            "parameters": [*declared, *operation.get("parameters", [])]}
 
 
 def openapi_spec(app: Flask) -> dict[str, Any]:
@@ -235,7 +303,8 @@ def openapi_spec(app: Flask) -> dict[str, Any]:
                            "serrated adenomas (SSA) on H&E patches.",
         },
         "paths": _paths(app, secured),
-        "components": {"schemas": schema_components()},
+        "components": {"schemas": {**schema_components(),
+                                   **contracts_v2.schema_components()}},
     }
     if secured:  # MHIST_API_TOKEN is set: every route but the open ones (security: []) needs it
         document["components"]["securitySchemes"] = {"bearer": {"type": "http",
