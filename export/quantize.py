@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import (
@@ -22,19 +23,25 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from services.core.cpus import CPU_CLASSES, DEFAULT_CLASS
 from services.core.preprocessing import PreprocessSpec, preprocess_bytes
 
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """What the INT8 file was made with; stored in its metadata and the export report.
+    """What the INT8 file was made with; stored in its metadata (`mhist.quantization`) and the
+    export report.
 
-    u8 activations with s8 per-channel weights is the fast path on VNNI/ARM CPUs. Without VNNI
-    (AVX2 only), the u8×s8 multiply-add can saturate 16-bit intermediates; reduce_range (7-bit
-    weights) avoids that at a small precision cost, so it is the default: the file may be served
-    on either kind of CPU.
+    u8 activations with s8 per-channel weights, made for a named CPU class
+    (services/core/cpus.py): `portable` uses reduce_range (7-bit weights), because without
+    VNNI (AVX2 only) the u8×s8 multiply-add saturates 16-bit intermediates with full-range
+    weights; `vnni` uses the full range, 4-5× closer to FP32 on CPUs with a dot-product
+    instruction. The class and the CPU features it needs travel with the file, and the server
+    refuses a file whose class its CPU lacks.
     """
 
+    cpu_class: str = DEFAULT_CLASS
+    cpu_requires_any: tuple[str, ...] = ()
     format: str = "QDQ"
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
@@ -44,8 +51,23 @@ class QuantSettings:
     calibration_images: int = 0
     calibration_seed: int = 0
 
+    @classmethod
+    def for_class(cls, cpu_class: str, **calibration: Any) -> QuantSettings:
+        """The settings of a CPU class (ValueError naming the classes for an unknown one)."""
+        if cpu_class not in CPU_CLASSES:
+            raise ValueError(f"CPU class {cpu_class!r} is not one of {', '.join(CPU_CLASSES)}")
+        chosen = CPU_CLASSES[cpu_class]
+        return cls(cpu_class=cpu_class, cpu_requires_any=chosen.requires_any,
+                   reduce_range=chosen.reduce_range, **calibration)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "cpu_requires_any": list(self.cpu_requires_any)}
+
+
+def int8_file_name(cpu_class: str) -> str:
+    """`model.int8.onnx` for the default class (where the Makefile, the images and the README
+    look), `model.int8.<class>.onnx` for another."""
+    return "model.int8.onnx" if cpu_class == DEFAULT_CLASS else f"model.int8.{cpu_class}.onnx"
 
 
 class ImageCalibrationReader(CalibrationDataReader):

@@ -176,6 +176,9 @@ class Metadata(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     size_bytes: int | None = None
     intra_op_threads: int | None = None
     onnxruntime: str | None = None
+    cpu: Annotated[dict[str, Any] | None, _doc(
+        "This CPU as onnxruntime's kernels see it (CPUID): arch, class (`vnni` or `portable`; "
+        "the INT8 file's own is `quantization.cpu_class`), features, source.")] = None
 
 
 class RegionGrid(Struct, kw_only=True, forbid_unknown_fields=True):

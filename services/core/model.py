@@ -19,7 +19,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from services.core import contracts
-from services.core.cpus import default_threads
+from services.core.cpus import cpu_info, default_threads
 from services.core.errors import ModelLoadError, ServiceError
 from services.core.explain import CamExplainer
 from services.core.explain import unavailable as explain_unavailable
@@ -246,6 +246,7 @@ class InferenceModel:
             "size_bytes": self.path.stat().st_size,
             "intra_op_threads": self.threads,
             "onnxruntime": ort.__version__,
+            "cpu": cpu_info().to_dict(),
         })
 
 

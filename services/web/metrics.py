@@ -15,11 +15,13 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
 
+from services.core.cpus import cpu_info
 from services.core.quality import WARNING_CODES
 from services.core.stages import STAGES
 
@@ -73,6 +75,15 @@ class Metrics:
         )
         for name in STAGES:
             self.stages.labels(name)
+        # An info metric (value 1, facts in labels): prometheus_client's Info is not shared
+        # between gunicorn workers, a gauge is ("max" of 1 is 1 however many workers).
+        cpu = cpu_info()
+        self.cpu = Gauge(
+            "mhist_cpu_info", "This CPU as onnxruntime's kernels see it (CPUID): arch, class "
+            "(vnni or portable; unknown when unreadable) and features.",
+            ["arch", "cpu_class", "features"], registry=self.registry, multiprocess_mode="max",
+        )
+        self.cpu.labels(cpu.arch, cpu.cpu_class or "unknown", " ".join(cpu.features)).set(1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """`route`: a rule of the app or UNMATCHED_ROUTE; `method` as the client sent it."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from services.core.cpus import default_threads, usable_cpus
+from services.core.cpus import CLASS_SETTING_VALUES, default_threads, usable_cpus
 from services.core.preprocessing import DEFAULT_MAX_PIXELS
 from services.core.switches import WORDS_TEXT, parse_switch
 
@@ -101,6 +101,12 @@ def _front_server(raw: str) -> str:
 def _log_level(raw: str) -> str:
     if raw.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise SettingsError("debug, info, warning, error or critical")
+    return raw.lower()
+
+
+def _cpu_class(raw: str) -> str:
+    if raw.lower() not in CLASS_SETTING_VALUES:
+        raise SettingsError(f"one of {', '.join(CLASS_SETTING_VALUES)}")
     return raw.lower()
 
 
@@ -240,6 +246,12 @@ class Settings:
         False, "ORT_SPINNING", _bool,
         "spinning intra-op threads busy-wait for work: pays off only when one process owns the "
         "CPUs")
+    cpu_class: str = setting(
+        "auto", "CPU_CLASS", _cpu_class,
+        "`auto`: read this CPU's class from CPUID at start and refuse an INT8 file made for a "
+        "class it lacks (a `vnni` file on an AVX2-only CPU); `portable` or `vnni`: take this "
+        "CPU for that class instead (`vnni` serves a full-range file where CPUID shows no "
+        "VNNI, e.g. AVX-VNNI CPUs numpy does not name: at the risk of saturated answers)")
     cors_allow_origins: tuple[str, ...] = setting(
         (), "CORS_ALLOW_ORIGINS", _origins,
         "`*` or comma-separated origins allowed to call the API from a browser (empty: no CORS "

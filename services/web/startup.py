@@ -9,6 +9,8 @@ Marks are wall-clock seconds since the epoch, comparable with any clock on the s
     ready_at           create_app returned: the session is built and the app can answer
 and `session_s`, the part of app_at → ready_at spent building the onnxruntime session (and
 reading the model's metadata). /proc gives process start times in clock ticks (10 ms).
+`cpu`: this CPU as onnxruntime's kernels see it (services/core/cpus.py): arch, class, the
+features read from CPUID, or why they could not be read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import logging
 import os
 import time
+
+from services.core.cpus import cpu_info
 
 log = logging.getLogger("mhist.access")  # services.web.hooks gives it its JSON-lines handler
 
@@ -41,6 +45,7 @@ def timeline(app_at: float, session_s: float | None) -> dict:
         "container_init_at": _process_started_at(1), "process_at": _process_started_at(),
         "app_at": round(app_at, 4), "ready_at": round(time.time(), 4),
         "session_s": None if session_s is None else round(session_s, 4),
+        "cpu": cpu_info().to_dict(),
     }
 
 
