@@ -11,6 +11,11 @@ EXTRAS ?= serving,lambda,training,aws,slides,dev
 DATA_DIR ?= data/sample
 OUT ?= artifacts
 PORT ?= 8000
+# The CPUs the INT8 file is for: portable (every CPU; model.int8.onnx) or vnni (AVX-512 VNNI,
+# AVX-VNNI, AMX or Arm dot product; model.int8.vnni.onnx). INT8 is the file predict, serve
+# and images use: `make export serve CPU_CLASS=vnni INT8=artifacts/model.int8.vnni.onnx`.
+CPU_CLASS ?= portable
+INT8 ?= $(OUT)/model.int8.onnx
 # The synthetic sample is learnt in ~1 min on 2 CPUs at 128 px (224 px from scratch needs
 # many more epochs to settle its batch-norm statistics); real MHIST runs use 224.
 EPOCHS ?= 5
@@ -47,6 +52,13 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "install wrk (Debian: sudo apt-get install wrk) for the throughput benchmark" >&2; fi; }
+	@# qemu-user: `qemu-x86_64 -cpu Haswell` runs onnxruntime's AVX2 kernels on a VNNI host, for
+	@# the export's AVX2 gate and tests/test_cpu_class.py (the user-mode emulator only: no
+	@# binfmt registration, nothing changes for other programs).
+	@command -v qemu-x86_64 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user >/dev/null; \
+	  else echo "install qemu-user (Debian: sudo apt-get install --no-install-recommends qemu-user) for the AVX2-kernel checks" >&2; fi; }
 	@# PostgreSQL server programs for the team-MLflow test (tests/test_mlflow_team.py), which
 	@# runs its own throwaway cluster; the package's default cluster is not needed, so it is
 	@# stopped and disabled where systemd started it.
@@ -70,19 +82,19 @@ train: setup
 	$(PY) training/train.py --data-dir $(DATA_DIR) --epochs $(EPOCHS) --weights none --image-size $(IMAGE_SIZE)
 
 export: setup
-	$(PY) export/to_onnx.py --model-uri models:/mhist-resnet18/latest --data-dir $(DATA_DIR) --out $(OUT)
+	$(PY) export/to_onnx.py --model-uri models:/mhist-resnet18/latest --data-dir $(DATA_DIR) --out $(OUT) --cpu-class $(CPU_CLASS)
 
 predict: setup
-	$(PY) -m services.predict --format text --model $(OUT)/model.int8.onnx $$(ls $(DATA_DIR)/images/*.png | head -n 3)
+	$(PY) -m services.predict --format text --model $(INT8) $$(ls $(DATA_DIR)/images/*.png | head -n 3)
 
 serve: setup
-	MODEL_PATH=$(OUT)/model.int8.onnx PORT=$(PORT) $(PY) -m services.runtime.server
+	MODEL_PATH=$(INT8) PORT=$(PORT) $(PY) -m services.runtime.server
 
 # The main job on the built-in SYNTHETIC sample, ending with the Flask service on :$(PORT).
 demo: sample train export predict serve
 
 images: setup  ## build the three serving images (docker if a daemon answers, else podman)
-	$(PY) -m awsdeploy.images build all --model $(OUT)/model.int8.onnx
+	$(PY) -m awsdeploy.images build all --model $(INT8)
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 from botocore.exceptions import ClientError
 
-from awsdeploy import aws, cli
+from awsdeploy import aws, cli, cpu_classes
 from awsdeploy.aws import Plan
 from awsdeploy.cli import PLATFORMS, DeployError, UsageError
 from services.web.settings import S3Location, Settings, SettingsError, s3_location
@@ -760,7 +760,21 @@ def _validate(args: argparse.Namespace) -> None:
     _environment(args)  # --env KEY=VALUE, checked before anything is made
     if not args.image_uri:
         aws.registry_override()  # where the push goes: refuse a bad setting before AWS
+        _check_cpu_class(Path(args.model).expanduser(), args.architecture)
         args.model = model_in_repository(args.model)
+
+
+def _check_cpu_class(model: Path, architecture: str) -> None:
+    """A vnni INT8 file only where Lambda promises the dot product: arm64 (Graviton2+)."""
+    model = model if model.is_absolute() else REPO_ROOT / model
+    if not model.is_file():
+        return  # model_in_repository says what is wrong with it
+    try:
+        misfit = cpu_classes.lambda_misfit(architecture, cpu_classes.file_class(model))
+    except ValueError as exc:
+        raise UsageError(f"--model {exc}") from None
+    if misfit:
+        raise UsageError(f"--model {model.name} is INT8 for CPU class vnni: {misfit}")
 
 
 def model_in_repository(model: str) -> str:

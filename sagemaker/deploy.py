@@ -37,8 +37,9 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError, WaiterError
 
-from awsdeploy import aws, cli
+from awsdeploy import aws, cli, cpu_classes
 from awsdeploy.cli import DeployError, UsageError
+from services.adapters.sagemaker import MANIFEST_FILE
 from services.core.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,7 @@ def cmd_deploy(ctx: Context) -> None:
         raise UsageError(f"--model-tar {archive} does not exist: build it with "
                          "`python sagemaker/package.py`")
     args.platform = image_platform(args)
+    _check_cpu_class(ctx, archive)
     if not args.image_uri:
         aws.registry_override()  # where the push goes: refuse a bad setting before AWS
     digest = sha256_file(archive)
@@ -113,6 +115,30 @@ def cmd_deploy(ctx: Context) -> None:
     if ctx.plan.step(f"create endpoint config {name}: {_capacity_text(args)}"):
         _create_endpoint_config(ctx, name, name)
     _create_or_update_endpoint(ctx, name)
+
+
+def _check_cpu_class(ctx: Context, archive: Path) -> None:
+    """A vnni INT8 file only on instance types whose CPUs have VNNI or the dot product;
+    serverless endpoints, like Lambda x86_64, promise neither."""
+    args = ctx.args
+    try:
+        cpu_class = cpu_classes.archive_class(archive, MANIFEST_FILE)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UsageError(f"--model-tar {exc}") from None
+    if args.serverless:
+        misfit = cpu_classes.lambda_misfit("x86_64", cpu_class)
+        if misfit:
+            raise UsageError(f"--model-tar {archive} holds the vnni INT8 file: serverless "
+                             "endpoints do not say which x86 CPU runs them; deploy the portable "
+                             "file (export --cpu-class portable) or a real-time instance type "
+                             "with VNNI (ml.c6i, ml.c7i, ml.m7i …)")
+        return
+    misfit = cpu_classes.instance_misfit(args.instance_type, cpu_class)
+    if misfit:
+        raise UsageError(f"--model-tar {archive} holds the vnni INT8 file, but {misfit}")
+    note = cpu_classes.unknown_family(args.instance_type, cpu_class)
+    if note:
+        ctx.plan.note(note)
 
 
 def image_platform(args: argparse.Namespace) -> str:

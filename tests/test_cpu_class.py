@@ -317,3 +317,48 @@ def test_files_from_before_classes_keep_working() -> None:
     assert model_cpu_class({"reduce_range": True, "weight_type": "QInt8"}) == "portable"
     assert model_cpu_class({"reduce_range": False, "weight_type": "QInt8"}) == "vnni"
     assert model_cpu_class({}) is None
+
+
+# --- deploy scripts: a vnni file only where the CPUs have VNNI or the dot product ---------------
+
+def _script(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT, env={**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"})
+
+
+def test_lambda_deploy_refuses_a_vnni_file_on_x86_64(vnni_export: dict) -> None:
+    result = _script("lambda/deploy.py", "deploy", "--dry-run", "--model",
+                     str(vnni_export["int8"]), "--architecture", "x86_64")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Lambda does not say which x86 CPU runs an x86_64 function" in result.stderr
+    assert "--architecture arm64" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sagemaker_deploy_refuses_a_vnni_file_on_avx2_instances(
+        vnni_export: dict, tmp_path: Path) -> None:
+    archive = tmp_path / "model.tar.gz"
+    packaged = _script("sagemaker/package.py", "--onnx", str(vnni_export["int8"]), "--out",
+                       str(archive))
+    assert packaged.returncode == 0, packaged.stderr
+    for where, expected in ((("--instance-type", "ml.c6a.xlarge"), "ml.c6a.xlarge has CPUs "
+                             "without VNNI"),
+                            (("--serverless",), "serverless endpoints do not say which x86 "
+                             "CPU")):
+        result = _script("sagemaker/deploy.py", "deploy", "--dry-run", "--model-tar",
+                         str(archive), *where)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_instance_families_by_class() -> None:
+    from awsdeploy.cpu_classes import instance_misfit, lambda_misfit
+
+    for fits in ("ml.c6i.large", "c7i.xlarge", "ml.m7i.2xlarge", "ml.c7a.large", "ml.c7g.large",
+                 "m6g.large"):
+        assert instance_misfit(fits, "vnni") is None, fits
+    for avx2_only in ("ml.c6a.large", "c5a.xlarge", "ml.m5.large", "t3.micro"):
+        assert "deploy the portable file" in instance_misfit(avx2_only, "vnni"), avx2_only
+        assert instance_misfit(avx2_only, "portable") is None
+        assert instance_misfit(avx2_only, None) is None  # FP32
+    assert lambda_misfit("arm64", "vnni") is None and lambda_misfit("x86_64", "portable") is None
+    assert lambda_misfit("x86_64", "vnni")
