@@ -57,6 +57,21 @@ def nginx_conf(settings: Settings, run_dir: Path, upstream: Path) -> str:
     """nginx.conf for these settings; every path nginx writes is under `run_dir`."""
     pages = "\n".join(_error_page(status, code, message, settings)
                       for status, (code, message) in _NGINX_ERRORS.items())
+    # The Open Inference Protocol's routes answer errors as {"error": "..."}
+    # (services/web/routes/v2.py): nginx's own too, where it knows the location (413, 408).
+    v2_pages = "\n".join(_error_page(status, code, message, settings, v2=True)
+                         for status, (code, message) in _NGINX_ERRORS.items())
+    v2_redirects = "\n".join(f"            {line.strip()}" for line in v2_pages.splitlines()
+                             if line.strip().startswith("error_page"))
+    v2_locations = "\n".join(line for line in v2_pages.splitlines()
+                              if not line.strip().startswith("error_page"))
+    proxy = f"""proxy_pass http://app;
+            proxy_request_buffering on;  # the whole body before gunicorn sees the request
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_read_timeout {settings.timeout + 5}s;"""
     return f"""
 worker_processes 1;
 pid {run_dir}/nginx.pid;
@@ -81,15 +96,18 @@ http {{
     server {{
         listen {_listen(settings)} default_server;
         location / {{
-            proxy_pass http://app;
-            proxy_request_buffering on;  # the whole body before gunicorn sees the request
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_read_timeout {settings.timeout + 5}s;
+            {proxy}
+        }}
+        location /v2/ {{
+            {proxy}
+{v2_redirects}
+        }}
+        location = /v2 {{  # else nginx answers /v2 with a redirect to /v2/
+            {proxy}
+{v2_redirects}
         }}
 {pages}
+{v2_locations}
     }}
 }}
 """
@@ -100,14 +118,16 @@ def _listen(settings: Settings) -> str:
     return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
 
 
-def _error_page(status: int, code: str, message: str, settings: Settings) -> str:
-    body = json.dumps({"error": {"code": code, "message": message.format(
-        limit=settings.max_content_length)}})
+def _error_page(status: int, code: str, message: str, settings: Settings,
+                v2: bool = False) -> str:
+    text = message.format(limit=settings.max_content_length)
+    body = json.dumps({"error": text} if v2 else {"error": {"code": code, "message": text}})
     shown = 503 if status in (502, 503) else (400 if status == 494 else status)
+    page = f"/_mhist_error{'_v2' if v2 else ''}/{status}"
     # A URI, not a named location: nginx cannot redirect a request whose line it could not
     # parse to a named location, and would answer its own HTML 500 instead.
-    return (f"        error_page {status} ={shown} /_mhist_error/{status};\n"
-            f"        location = /_mhist_error/{status} {{ internal; "
+    return (f"        error_page {status} ={shown} {page};\n"
+            f"        location = {page} {{ internal; "
             f"default_type application/json; "
             f"add_header X-Content-Type-Options nosniff always; "
             f"return {shown} '{body}'; }}")
