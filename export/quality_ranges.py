@@ -2,7 +2,8 @@
 
 Serving (services/core/quality.py)
 measures focus, tissue fraction and stain on every upload and warns
-when a value falls outside these ranges. They are learned from the images training fit on (the
+when a value falls outside these ranges; each such warning is a rule that answers
+`not_assessable` instead of a class. They are learned from the images training fit on (the
 `train` partition minus the validation split, export/splits.py), measured exactly as serving
 measures them (the model's own resize and centre crop), and checked on the validation split:
 the report says how many held-out images would have been flagged.
@@ -27,9 +28,9 @@ from PIL import Image
 
 from services.core.preprocessing import PreprocessSpec, resize_and_crop, to_rgb
 from services.core.quality import (
+    INPUT_WARNING_CODES,
     OD_CHANNELS,
     STAINS,
-    WARNING_CODES,
     Measurement,
     QualityRanges,
     Range,
@@ -91,15 +92,21 @@ def learn_ranges(measured: Sequence[Measurement], source: str) -> QualityRanges:
 
 
 def flag_rates(ranges: QualityRanges, measured: Sequence[Measurement]) -> dict:
-    """How many of `measured` each warning code would flag (for held-out images: false alarms)."""
-    counts = dict.fromkeys(WARNING_CODES, 0)
+    """How many of `measured` each warning code would flag (for held-out images: false alarms).
+
+    Every input warning is a rule that makes the answer `not_assessable`
+    (services/core/quality.py), so `flagged` is also how many images serving would turn away
+    and `by_code` how many each rule would: `not_assessable` says so in those words."""
+    counts = dict.fromkeys(INPUT_WARNING_CODES, 0)
     flagged = 0
     for m in measured:
         codes = {w["code"] for w in ranges.warnings(m)}
         flagged += bool(codes)
         for code in codes:
             counts[code] += 1
-    return {"images": len(measured), "flagged": flagged, "by_code": counts}
+    return {"images": len(measured), "flagged": flagged, "by_code": counts,
+            "not_assessable": {"images": flagged, "share": round(flagged / len(measured), 4)
+                               if measured else None, "by_rule": dict(counts)}}
 
 
 def quality_ranges(fit: Sequence, validation: Sequence, spec: PreprocessSpec,

@@ -13,16 +13,29 @@ from pathlib import Path
 
 from services.core.errors import ModelLoadError
 from services.core.model import InferenceModel
+from services.core.quality import SYNTHETIC_TRAINING
 
 
 def human_line(path: Path, result: dict) -> str:
-    """`name: decision (label …), P(class) as percentages with 1 decimal, threshold to 3`."""
+    """`name: decision (label …), P(class) as percentages with 1 decimal, threshold to 3 (its
+    scale)`, then one indented line per input warning, in words."""
     if "error" in result:
         return f"{path.name}: error {result['error']['code']}: {result['error']['message']}"
     shown = ", ".join(f"P({c}) {100 * p:.1f} %" for c, p in result["probabilities"].items())
     decision = result.get("decision", result["label"])
-    return (f"{path.name}: {decision} (label {result['label']}); {shown}; threshold "
-            f"{result['threshold']:.3f}")
+    scale = result.get("threshold_scale", "raw")
+    lines = [f"{path.name}: {decision} (label {result['label']}); {shown}; threshold "
+             f"{result['threshold']:.3f} ({scale})"]
+    lines += [f"  warning {w['code']}: {w['message']}" for w in result.get("warnings") or ()
+              if w["code"] != SYNTHETIC_TRAINING]
+    return "\n".join(lines)
+
+
+def notices(results: list[dict]) -> list[str]:
+    """The model's own warnings (synthetic training data), once for the run, not per image."""
+    found = {w["code"]: w["message"] for r in results for w in r.get("warnings") or ()
+             if w["code"] == SYNTHETIC_TRAINING}
+    return [f"NOTICE ({code}): {message}" for code, message in found.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--format", choices=("json", "text"), default="json",
         help="json: one full-precision JSON line per image (the API's answer); text: one "
-        "rounded line per image for people",
+        "rounded line per image for people, then its input warnings in words (the model's "
+        "synthetic-training notice once, on stderr)",
     )
     args = parser.parse_args(argv)
     try:
@@ -50,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
         return 2
     results = model.predict_many([p.read_bytes() for p in args.images])
+    if args.format == "text":  # on stderr: stdout stays the images' lines
+        for line in notices(results):
+            print(line, file=sys.stderr)
     for path, result in zip(args.images, results, strict=True):
         print(json.dumps({"file": str(path), **result}) if args.format == "json"
               else human_line(path, result))

@@ -194,7 +194,10 @@ def test_served_probabilities_are_tempered_and_labels_unchanged(
     assert meta.served_threshold == pytest.approx(calibrated_threshold(meta.threshold,
                                                                        temperature))
     for old, new in zip(before, after, strict=True):
-        assert new["label"] == old["label"] == new["decision"] == old["decision"]
+        assert new["label"] == old["label"]
+        for answer in (old, new):  # an input the quality checks turn away is not assessable
+            assert answer["decision"] == ("not_assessable" if answer.get("reasons")
+                                          else answer["label"])
         p_old = old["probabilities"]["SSA"]
         margin = math.log(p_old) - math.log1p(-p_old)
         assert new["probabilities"]["SSA"] == pytest.approx(1 / (1 + math.exp(-margin /
@@ -244,7 +247,8 @@ def test_inside_the_band_the_decision_is_uncertain(
     assert any(a["decision"] == "uncertain" for a in banded)
     for old, new, prob in zip(answers, banded, p, strict=True):
         assert new["label"] == old["label"] and new["probabilities"] == old["probabilities"]
-        assert new["decision"] == ("uncertain" if low < prob < high else new["label"])
+        assert new["decision"] == ("not_assessable" if new.get("reasons") else
+                                   "uncertain" if low < prob < high else new["label"])
 
 
 @pytest.mark.parametrize(
@@ -380,6 +384,7 @@ def test_the_command_line_rounds_for_people_and_keeps_json_exact(
     assert exact["threshold"] == InferenceModel(model_int8_path).metadata.served_threshold
     text = run("--format", "text")
     assert re.fullmatch(rf"{sample_image_path.name}: (HP|SSA|uncertain) \(label (HP|SSA)\); "
-                        r"P\(HP\) \d{1,3}\.\d %, P\(SSA\) \d{1,3}\.\d %; threshold [01]\.\d{3}",
+                        r"P\(HP\) \d{1,3}\.\d %, P\(SSA\) \d{1,3}\.\d %; threshold [01]\.\d{3} "
+                        r"\((calibrated|raw)\)",
                         text), text
     assert f"P(SSA) {100 * exact['probabilities']['SSA']:.1f} %" in text

@@ -123,8 +123,8 @@ def test_predict_three_encodings_equal_the_core(client, image, reference):
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
         # warnings and quality: the fixture's export records input quality ranges.
-        assert set(body) == {"label", "decision", "probabilities", "threshold", "model",
-                             "warnings", "quality"}
+        assert set(body) == {"label", "decision", "probabilities", "threshold",
+                             "threshold_scale", "model", "warnings", "reasons", "quality"}
         assert_same_prediction(body, expected)
         assert body["label"] in reference.metadata.classes
         assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

@@ -110,14 +110,34 @@ def shown_result(page) -> dict:
         "threshold": float(page.get_attribute("#threshold", "data-threshold")),
         "bar_texts": page.eval_on_selector_all(".bar > span",
                                                "spans => spans.map(s => s.textContent)"),
-        "winner": page.get_attribute(".bar.winner", "data-class"),
+        "winner": (page.get_attribute(".bar.winner", "data-class")
+                   if page.locator(".bar.winner").count() else None),
         "preview_width": page.eval_on_selector("#preview", "img => img.naturalWidth"),
+        "data_decision": page.get_attribute("#decision", "data-decision"),
+        "warnings": page.eval_on_selector_all(
+            "#warnings li", "items => items.map(i => [i.dataset.code, i.textContent])"),
+        "warnings_hidden": page.is_hidden("#warnings"),
+        "notice": None if page.is_hidden("#notice") else page.inner_text("#notice"),
+        "scale": page.inner_text("#threshold-scale"),
     }
 
 
 def assert_matches_api(shown: dict, expected: dict) -> None:
-    assert shown["label"] == expected["label"] == shown["winner"]
-    assert shown["decision"] == expected["decision"]
+    assert shown["label"] == expected["label"]
+    assert shown["data_decision"] == expected["decision"]
+    # The decision first, in words; the highlighted bar is the decision's class, or none.
+    words = {"not_assessable": "Not assessable", "uncertain": "Uncertain"}
+    assert shown["decision"] == words.get(expected["decision"], expected["decision"])
+    classes = expected["probabilities"].keys()
+    assert shown["winner"] == (expected["decision"] if expected["decision"] in classes else None)
+    assert shown["scale"] == expected["threshold_scale"]
+    # Every input warning in words; the model's notice above, not in the list.
+    warnings = expected.get("warnings") or []
+    assert shown["warnings"] == [[w["code"], w["message"]] for w in warnings
+                                 if w["code"] != "synthetic_training_data"]
+    assert shown["warnings_hidden"] == (shown["warnings"] == [])
+    synthetic = [w["message"] for w in warnings if w["code"] == "synthetic_training_data"]
+    assert shown["notice"] == (synthetic[0] if synthetic else None)
     # Full precision in the data attribute, 3 decimals for people.
     assert shown["threshold"] == expected["threshold"]
     assert re.fullmatch(r"[01]\.\d{3}", shown["threshold_text"]), shown["threshold_text"]
@@ -218,6 +238,62 @@ def test_the_explain_box_lays_the_map_over_the_image(page, base_url, sample_imag
     page.wait_for_selector("#overlay", state="hidden")
     assert page.is_hidden("#explain-info")
     page.wait_for_selector("#status:not(:has-text('Classifying'))")  # the answer arrived
+
+
+def photo_png() -> bytes:
+    """A real photograph (scikit-learn's sample image of a Chinese temple), 224 px."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    img = Image.fromarray(load_sample_image("china.jpg"))
+    img.thumbnail((224, 224))
+    return png_bytes(img)
+
+
+def blank_png() -> bytes:
+    from PIL import Image
+
+    return png_bytes(Image.new("RGB", (224, 224), (242, 242, 242)))
+
+
+def png_bytes(img) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case", ["sample_patch", "photo", "blank"])
+def test_the_page_shows_the_decision_warnings_and_notice(page, base_url, sample_image_bytes,
+                                                         case, tmp_path, record_property):
+    """What a person sees for a patch, a photograph and a blank image: the decision first
+    (not assessable for the last two, with every warning in words), the synthetic-training
+    notice (the fixture model learnt from the sample), the bar of the decision's class
+    highlighted or none. A screenshot of each is kept in the test's output folder."""
+    data = {"sample_patch": sample_image_bytes, "photo": photo_png(), "blank": blank_png()}[case]
+    expected = api_predict(base_url, data)
+    page.wait_for_selector("#model:has-text('classes')")  # a selector: see above
+    assert page.is_visible("#notice")  # from /metadata's provenance, before any upload
+    page.set_input_files("#file", files=[{"name": f"{case}.png", "mimeType": "image/png",
+                                          "buffer": data}])
+    shown = shown_result(page)
+    assert_matches_api(shown, expected)
+    assert shown["notice"] and "synthetic" in shown["notice"]
+    if case == "sample_patch":
+        assert expected["decision"] in expected["probabilities"], expected["reasons"]
+        assert shown["warnings"] == []
+    else:
+        assert expected["decision"] == "not_assessable", expected["warnings"]
+        assert shown["winner"] is None and shown["warnings"]
+        assert "low_tissue" in expected["reasons"]
+        if case == "photo":  # coloured, but nothing like H&E
+            assert "unusual_stain" in expected["reasons"]
+    screenshot = tmp_path / f"upload-page-{case}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    record_property("screenshot", str(screenshot))
+    print(f"screenshot: {screenshot}")
 
 
 def test_a_bad_file_shows_the_error(page):

@@ -184,7 +184,9 @@ def test_geojson_is_a_qupath_feature_collection_in_level0_pixels(good: dict) -> 
         assert (x0, y0) == (int(row["x"]), int(row["y"])) and x0 % TILE_L0 == 0
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
         props = feature["properties"]
-        assert props["objectType"] == "tile" and props["classification"]["name"] == row["label"]
+        # A tile the input checks turned away is classified not_assessable, not as its label.
+        shown_as = row["decision"] if row["reasons"] else row["label"]
+        assert props["objectType"] == "tile" and props["classification"]["name"] == shown_as
         assert len(props["classification"]["color"]) == 3
         assert props["measurements"]["P(SSA)"] == pytest.approx(float(row["p_ssa"]))
     assert len({f["id"] for f in document["features"]}) == len(document["features"])
@@ -198,7 +200,12 @@ def test_summary_reports_area_ssa_share_regions_and_provenance(good: dict,
     assert summary["positive_class"] == "SSA"
     assert summary["fraction_positive"] == pytest.approx(0.5, abs=0.15)
     top = summary["top_regions"][0]
-    assert top["tiles"] == 9 and top["bbox"] == [TILE_L0, TILE_L0, 3 * TILE_L0, 3 * TILE_L0]
+    # The planted 3x3 SSA field, less any tile the input checks turned away (at most one).
+    turned_away = sum(1 for r in good["rows"] if r["reasons"] and cell_of(r)[0] in (1, 2, 3)
+                      and cell_of(r)[1] in (1, 2, 3))
+    assert turned_away <= 1 and summary["assessable"]["share"] >= 0.9, summary["assessable"]
+    assert top["tiles"] == 9 - turned_away
+    assert top["bbox"] == [TILE_L0, TILE_L0, 3 * TILE_L0, 3 * TILE_L0]
     assert summary["model"]["sha256"] == sha256_file(model_int8_path)
     assert summary["model"]["mpp"] == pytest.approx(7.0)
     assert summary["slide"]["mpp"] == LEVEL0_MPP
@@ -208,7 +215,7 @@ def test_summary_reports_area_ssa_share_regions_and_provenance(good: dict,
     print(f"tiles/s on the test slide: {timings['tiles_per_s']} "
           f"({summary['tiles']['analysed']} tiles, {timings['total_s']} s in all)")
     header = (good["out"] / "a-polyp.tiles.csv").read_text().splitlines()[0]
-    assert header == "x,y,width,height,tissue_fraction,p_ssa,label"
+    assert header == "x,y,width,height,tissue_fraction,p_ssa,label,decision,reasons"
 
 
 def test_every_bad_slide_fails_on_one_line_and_the_good_one_finishes(folder_run: dict) -> None:
@@ -271,7 +278,7 @@ def test_region_endpoint_equals_the_cli_on_the_same_pixels(client, canvas, good:
     assert body["summary"]["top_regions"][0]["bbox"] == [CELL_PX, CELL_PX, 3 * CELL_PX,
                                                          3 * CELL_PX]
     assert set(body["tiles"][0]) == {"x", "y", "width", "height", "tissue_fraction",
-                                     probability_column("SSA"), "label"}
+                                     probability_column("SSA"), "label", "decision", "reasons"}
     heatmap = Image.open(io.BytesIO(__import__("base64").b64decode(body["heatmap"]["base64"])))
     assert heatmap.format == "PNG" and max(heatmap.size) <= 512
 

@@ -17,11 +17,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from services.core.quality import WARNING_CODES
+from services.core.quality import GREY_MAX_SATURATION, NOT_ASSESSABLE, WARNING_CODES
 
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Precision = Literal["fp32", "int8"]
 WarningCode = Literal[WARNING_CODES]  # type: ignore[valid-type]  # a tuple of str literals
+ThresholdScale = Annotated[Literal["calibrated", "raw"], Meta(description=(
+    "Which probabilities the threshold is on: calibrated (softmax(logits / T), the file "
+    "carries a temperature) or raw (softmax(logits)). Always the scale of the probabilities "
+    "shown beside it."))]
 
 
 def _doc(text: str, **constraints: Any) -> Meta:
@@ -51,18 +55,37 @@ class Explanation(Struct, kw_only=True, omit_defaults=True, rename={"class_": "c
         "the input size; single images only.")] = None
 
 
+class OutOfRange(Struct, kw_only=True):
+    """One statistic outside its range."""
+
+    statistic: Annotated[str, _doc("e.g. focus, tissue_fraction, od_mean.g, stain.eosin, "
+                                   "max_saturation.")]
+    value: float
+    expected: Annotated[list[float], _doc("[low, high].", min_length=2, max_length=2)]
+
+
 class InputWarning(Struct, kw_only=True, omit_defaults=True):
-    """A statistic of the input outside the training images' range."""
+    """Something a person must know about this answer: a statistic of the input outside the
+    training images' range (each such code also makes the decision not_assessable), or a
+    notice about the model itself."""
 
     code: Annotated[WarningCode, _doc(
         "blurry: focus below range; low_tissue: tissue fraction below range; unusual_stain: "
-        "an optical density statistic outside it.")]
-    message: str
-    value: Annotated[float, _doc("The measured value.")]
-    expected: Annotated[list[float], _doc("[low, high] from the training images.",
-                                          min_length=2, max_length=2)]
+        "optical density statistics outside their ranges; grayscale: no colour (highest "
+        f"saturation under {GREY_MAX_SATURATION:g}) in an image with content. "
+        "synthetic_training_data: the model learnt from the synthetic sample, not tissue (a "
+        "notice on every answer of such a model; not about the input).")]
+    message: Annotated[str, _doc("For a person: what was found, with its values and ranges.")]
+    value: Annotated[float | None, _doc(
+        "The measured value (of `statistic`); absent for the model notice.")] = None
+    expected: Annotated[list[float], _doc(
+        "[low, high] from the training images (grayscale: the H&E saturation floor and 1).",
+        min_length=2, max_length=2)] | None = None
     statistic: Annotated[str | None, _doc(
-        "unusual_stain only: which one, e.g. od_mean.g or stain.eosin.")] = None
+        "Which statistic `value` is, e.g. focus, tissue_fraction, od_mean.g, stain.eosin; "
+        "for unusual_stain the one furthest outside its range.")] = None
+    statistics: Annotated[list[OutOfRange] | None, _doc(
+        "Every statistic of this check outside its range, with its value and range.")] = None
 
 
 class InputQuality(Struct, kw_only=True):
@@ -76,6 +99,12 @@ class InputQuality(Struct, kw_only=True):
     stain: Annotated[dict[str, float] | None, _doc(
         "Mean haematoxylin and eosin concentrations (Ruifrok-Johnston colour deconvolution); "
         "null with under 5 % tissue.")]
+    max_saturation: Annotated[float, _doc(
+        "Highest HSV saturation (smoothed, at mask resolution): the greyscale check.",
+        ge=0.0, le=1.0)] = 1.0
+    contrast: Annotated[float, _doc(
+        "Standard deviation of the grey levels (0-255) at mask resolution: greyscale with "
+        "content, not glass.", ge=0.0)] = 0.0
 
 
 class Prediction(Struct, kw_only=True, omit_defaults=True):
@@ -84,21 +113,28 @@ class Prediction(Struct, kw_only=True, omit_defaults=True):
     label: Annotated[str, _doc("The class at the model's threshold (never changed by "
                                "calibration).")]
     decision: Annotated[str, _doc(
-        "The label, or \"uncertain\" when the served P(positive) lies strictly inside the "
-        "model's uncertain band (see /metadata uncertain_band); equal to label when the file "
-        "has none.")]
+        f"What to act on. \"{NOT_ASSESSABLE}\" when the input is not what the model was "
+        "made for (any input warning: no tissue, greyscale, another stain, out of focus; see "
+        "`reasons`); else \"uncertain\" when the served P(positive) lies strictly inside the "
+        "model's uncertain band (see /metadata uncertain_band); else the label.")]
     probabilities: Annotated[dict[str, Probability], _doc(
         "softmax(logits / T), T from /metadata calibration (1 without it); full precision.")]
     threshold: Annotated[float, _doc(
-        "The decision threshold in the space of `probabilities` (calibrated when they are).",
+        "The decision threshold on P(positive) on the scale of `probabilities` "
+        "(`threshold_scale`: calibrated when they are): label is the positive class exactly "
+        "when P(positive) ≥ threshold. The same number as /metadata threshold.",
         ge=0.0, le=1.0)]
+    threshold_scale: ThresholdScale
     model: ModelRef
     explanation: Explanation | None = None
     warnings: Annotated[list[InputWarning] | None, _doc(
         "Input quality warnings; [] when every check passed. Present (with `quality`) on "
         "every prediction when the model file records the training images' ranges "
-        "(mhist.quality, see /metadata); absent when it does not. Not computed per tile by "
-        "/predict/region.")] = None
+        "(mhist.quality, see /metadata), and whenever the model notice applies; absent "
+        "otherwise. /predict/region reports per tile `decision` and `reasons` instead.")] = None
+    reasons: Annotated[list[WarningCode] | None, _doc(
+        f"Why the decision is {NOT_ASSESSABLE}: the input warnings' codes; [] when the input "
+        "passed every check. Present with `quality`.")] = None
     quality: InputQuality | None = None
 
 
@@ -148,8 +184,14 @@ class Metadata(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     classes: list[str]
     positive_class: str
     threshold: Annotated[float, _doc(
-        "The decision threshold on the scale of the graph's own softmax (uncalibrated); "
-        "`calibration.threshold` is the same threshold on the served, calibrated scale.")]
+        "The decision threshold on P(positive) on the scale of the probabilities every "
+        "answer serves (`threshold_scale`): calibrated when the file carries a temperature. "
+        "Every prediction, region, slide and S3 result states this same number.")]
+    threshold_scale: ThresholdScale
+    threshold_raw: Annotated[float, _doc(
+        "The same cut on the uncalibrated softmax(logits), as recorded in the file "
+        "(mhist.threshold); equal to `threshold` without calibration. Not the scale of any "
+        "served probability.")]
     preprocessing: dict[str, Any]
     input_name: str
     output_name: str
@@ -202,7 +244,9 @@ class Heatmap(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _TILE = {"description": "One tile, in region pixels: x, y, width, height, tissue_fraction, "
-                        "label, and p_<positive class> (p_ssa), P(SSA)."}
+                        "p_<positive class> (p_ssa, P(SSA) on the threshold's scale), label, "
+                        f"decision (the label, or {NOT_ASSESSABLE}) and reasons (the input "
+                        "warnings' codes, ';'-separated; empty when assessable)."}
 
 
 class RegionResponse(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -214,9 +258,13 @@ class RegionResponse(Struct, kw_only=True, forbid_unknown_fields=True):
     grid: RegionGrid
     scale: RegionScale
     summary: Annotated[dict[str, Any], _doc(
-        "Tissue area (mm²), share of tissue called positive, largest positive regions.")]
+        "Tissue area (mm²), share of the assessable tissue called positive (null when no tile "
+        "is assessable), largest positive regions, and `assessable`: tiles, share and counts "
+        "by reason, with the region's own stain and focus warnings.")]
     heatmap: Heatmap
-    threshold: float
+    threshold: Annotated[float, _doc("The threshold tiles are labelled with, on the scale of "
+                                     "their p_<positive class> (as /metadata threshold).")]
+    threshold_scale: ThresholdScale
     model: dict[str, Any]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.preprocessing import MIN_SIDE, PreprocessSpec
-from services.core.quality import QualityRanges
+from services.core.quality import NOT_ASSESSABLE, QualityRanges
 
 SCHEMA_VERSION = "1"
 PREFIX = "mhist."
@@ -92,9 +92,23 @@ class ModelMetadata:
         is still decided by `threshold` on the uncalibrated P(positive), its own definition."""
         return float(self.calibration["threshold"]) if self.calibration else self.threshold
 
-    def decide(self, label: str, p_positive: float) -> str:
-        """The decision: "uncertain" strictly inside the band (on the served P(positive)),
-        else the label."""
+    @property
+    def threshold_scale(self) -> str:
+        """Which probabilities `served_threshold` (and every served P) is on."""
+        return "calibrated" if self.calibration else "raw"
+
+    @property
+    def trained_on_synthetic_data(self) -> bool:
+        """The provenance export recorded (export/to_onnx.py, from the training run's dataset
+        card, training/sample_data.py's marker): the model never saw tissue."""
+        return self.provenance.get("synthetic_data") is True
+
+    def decide(self, label: str, p_positive: float, reasons: list | None = None) -> str:
+        """The decision: "not_assessable" when the input failed a quality check (`reasons`),
+        else "uncertain" strictly inside the band (on the served P(positive)), else the
+        label."""
+        if reasons:
+            return NOT_ASSESSABLE
         band = self.uncertain_band
         return "uncertain" if band and band["low"] < p_positive < band["high"] else label
 
@@ -170,7 +184,11 @@ class ModelMetadata:
             "precision": self.precision,
             "classes": list(self.classes),
             "positive_class": self.positive_class,
-            "threshold": self.threshold,
+            # One threshold, on the scale of the probabilities served; the file's own
+            # (uncalibrated) value under a name that says so.
+            "threshold": self.served_threshold,
+            "threshold_scale": self.threshold_scale,
+            "threshold_raw": self.threshold,
             "preprocessing": self.preprocessing.to_dict(),
             "input_name": self.input_name,
             "output_name": self.output_name,

@@ -27,11 +27,13 @@ from services.core.files import sha256_file
 from services.core.metadata import ModelMetadata
 from services.core.preprocessing import (
     DEFAULT_MAX_PIXELS,
-    preprocess,
+    normalize,
     preprocess_bytes,
     preprocess_bytes_and_crop,
+    resize_and_crop,
+    to_rgb,
 )
-from services.core.quality import assess
+from services.core.quality import assess, synthetic_notice
 from services.core.stages import stage
 
 # Serving images run as a non-root user with a read-only HOME: onnxruntime's telemetry would
@@ -60,27 +62,39 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     explanation: dict | None = None  # only when the request asked (services/core/explain.py)
-    decision: str | None = None  # label, or "uncertain" inside the file's band; None: label
-    # Input quality (services/core/quality.py): both set when the file records mhist.quality.
+    # label, "uncertain" inside the file's band or "not_assessable" (reasons); None: label
+    decision: str | None = None
+    # Input quality (services/core/quality.py): set when the file records mhist.quality.
     warnings: list | None = None
+    reasons: list | None = None
     quality: dict | None = None
 
     def to_dict(self, metadata: ModelMetadata) -> dict:
         """The answer's JSON, built from its one declaration (services/core/contracts.py)."""
+        found = self.warnings
+        if metadata.trained_on_synthetic_data:  # said on every answer, checked or not
+            found = [*(found or ()), synthetic_notice()]
         answer = contracts.Prediction(
             label=self.label,
             decision=self.decision or self.label,
             probabilities=self.probabilities,
             # In the space of `probabilities`: calibrated when the file carries a temperature.
             threshold=metadata.served_threshold,
+            threshold_scale=metadata.threshold_scale,
             model=contracts.ModelRef(name=metadata.name, version=metadata.version,
                                      precision=metadata.precision),
             explanation=_explanation(self.explanation),
-            warnings=(None if self.warnings is None
-                      else [contracts.InputWarning(**w) for w in self.warnings]),
+            warnings=(None if found is None else _warnings(found)),
+            reasons=self.reasons,
             quality=None if self.quality is None else contracts.InputQuality(**self.quality),
         )
         return contracts.to_json(answer)
+
+
+def _warnings(found: list[dict]) -> list[contracts.InputWarning]:
+    return [contracts.InputWarning(**{**w, "statistics": [
+        contracts.OutOfRange(**s) for s in w["statistics"]] if w.get("statistics") else None})
+        for w in found]
 
 
 def _explanation(answer: dict | None) -> contracts.Explanation | None:
@@ -170,11 +184,14 @@ class InferenceModel:
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Already decoded images (slide or region tiles) → one Prediction each, in one
-        session.run, through the same preprocessing as uploaded bytes (its resize included)."""
+        session.run, through the same preprocessing as uploaded bytes (its resize included),
+        each with the same quality checks (decision not_assessable, reasons) as an upload."""
         if not images:
             return []
         spec = self.metadata.preprocessing
-        return self.predict_array(np.stack([preprocess(img, spec) for img in images]))
+        crops = [resize_and_crop(to_rgb(img), spec) for img in images]
+        predictions = self.predict_array(np.stack([normalize(crop, spec) for crop in crops]))
+        return [self._checked(p, crop) for p, crop in zip(predictions, crops, strict=True)]
 
     def predict_array(self, batch: np.ndarray, explain: bool = False,
                       overlay: bool = True) -> list[Prediction]:
@@ -226,10 +243,14 @@ class InferenceModel:
         return preprocess_bytes_and_crop(data, spec, self.max_pixels)
 
     def _checked(self, prediction: Prediction, crop: Image.Image | None) -> Prediction:
-        """The prediction with its input quality warnings and measurements, when checked."""
+        """The prediction with its input quality warnings and measurements, when checked; an
+        input that fails a check is not assessable, whatever its probabilities."""
         if crop is None or self.metadata.quality is None:
             return prediction
-        return replace(prediction, **assess(crop, self.metadata.quality))
+        checked = assess(crop, self.metadata.quality)
+        if checked["reasons"]:
+            checked["decision"] = self.metadata.decide(prediction.label, 0.0, checked["reasons"])
+        return replace(prediction, **checked)
 
     def require_explainer(self, explain: bool = True) -> None:
         """409 when explanations are asked of a file exported without them."""

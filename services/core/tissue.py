@@ -9,6 +9,8 @@ noise tissue. numpy + Pillow only (scikit-image is not a serving dependency).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -38,8 +40,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     for start in range(0, flat.size, _BLOCK):
         scaled = flat[start:start + _BLOCK].astype(np.float64) * bins
         counts += np.bincount(np.clip(scaled.astype(np.intp), 0, bins - 1), minlength=bins)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    centres = (edges[:-1] + edges[1:]) / 2.0
+    edges, centres = _bin_edges(bins)
     below = np.cumsum(counts)  # pixels at or below each bin
     above = below[-1] - below
     mass = np.cumsum(counts * centres)
@@ -51,14 +52,28 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
+@functools.cache
+def _bin_edges(bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram bin edges over [0, 1] and their centres: built once per bin count, not per
+    call (a patch's quality check calls Otsu on every request)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return edges, (edges[:-1] + edges[1:]) / 2.0
+
+
 def tissue_mask(thumbnail: Image.Image) -> np.ndarray:
     """(H, W) bool: True where the RGB thumbnail shows tissue."""
+    return tissue_mask_and_saturation(thumbnail)[0]
+
+
+def tissue_mask_and_saturation(thumbnail: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The tissue mask and the (H, W) saturation it was drawn from (smoothed): the input
+    quality checks read the saturation again to tell a greyscale image from glass."""
     # A light blur first: lumens and nuclei gaps inside tissue are not glass.
     smooth = np.asarray(thumbnail.convert("RGB").filter(ImageFilter.BoxBlur(1)))
     values = saturation(smooth)
     low, high = SATURATION_BOUNDS
     threshold = min(max(otsu_threshold(values), low), high)
-    return values > threshold
+    return values > threshold, values
 
 
 def tissue_area_mm2(mask: np.ndarray, um_per_mask_px: float) -> float:

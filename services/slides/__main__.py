@@ -244,16 +244,29 @@ def _one(path: Path, name: str, model: InferenceModel, options: Any, out: Path,
     tiles = summary["tiles"]
     print(f"{shown(path.name)}: {tiles['analysed']} tiles analysed ({tiles['background']} "
           f"background), tissue {summary['tissue_area_mm2']:.2f} mm², "
-          f"{summary['fraction_positive']:.1%} {summary['positive_class']}, "
+          f"{_positive_share(summary)}, "
           f"{summary['timings']['tiles_per_s']:.0f} tiles/s → {shown(str(out / name))}.*")
     return {"slide": path.name, "path": str(path), "output": name, "status": "ok", "error": "",
             "tiles_analysed": tiles["analysed"], "tissue_area_mm2": summary["tissue_area_mm2"],
             "positive_class": summary["positive_class"],
             "fraction_positive": summary["fraction_positive"],
+            "assessable_share": summary["assessable"]["share"],
+            "decision": summary["assessable"]["decision"],
             "max_probability": summary["max_probability"],
             "top_region_mm2": (summary["top_regions"][0]["area_mm2"]
                                if summary["top_regions"] else 0.0),
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _positive_share(summary: dict) -> str:
+    """'12.5% SSA (97% of tiles assessable)', or what made the slide not assessable."""
+    checked = summary["assessable"]
+    share = checked["share"]
+    kept = "" if share is None else f" ({share:.0%} of tiles assessable)"
+    if summary["fraction_positive"] is None:
+        reasons = sorted({w["code"] for w in checked["warnings"]} | set(checked["by_reason"]))
+        return f"not assessable ({', '.join(reasons) or 'no tile passed the checks'}){kept}"
+    return f"{summary['fraction_positive']:.1%} {summary['positive_class']}{kept}"
 
 
 def _failed(path: Path, name: str, code: str, message: str, started: float) -> dict:

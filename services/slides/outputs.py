@@ -2,7 +2,9 @@
 
 The per-tile columns are the same in `<name>.tiles.csv` and in /predict/region's JSON:
 x, y, width, height (level-0 pixels for a slide, region pixels for a region), tissue_fraction,
-p_<positive class> (p_ssa) and label. numpy + Pillow only: the serving app imports this.
+p_<positive class> (p_ssa, on the threshold's scale), label, decision (the label or
+not_assessable) and reasons (the input checks a not assessable tile failed, ';'-separated).
+numpy + Pillow only: the serving app imports this.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from services.core.quality import NOT_ASSESSABLE
 from services.slides.tiling import Grid, TileResult
 
 # viridis at five stops: perceptually ordered and readable by colour-blind viewers.
@@ -27,11 +30,13 @@ OVERLAY_ALPHA = 0.6
 MIN_HEATMAP_SIDE = 256  # small regions are enlarged so the picture stays legible
 POSITIVE_COLOUR = (220, 50, 47)
 OTHER_COLOURS = ((38, 139, 210), (133, 153, 0), (181, 137, 0), (108, 113, 196))
+NOT_ASSESSABLE_COLOUR = (128, 128, 128)
 GEOJSON_NAMESPACE = uuid.UUID("0b6f7e52-3c55-4e0e-9a57-2b1f6c1d3f10")  # stable feature ids
 # slides.summary.csv: one header, whatever the first slide did, so the tables of several runs
 # (Processing-job instances) concatenate. A failed or skipped slide leaves the results empty.
 TABLE_COLUMNS = ("slide", "path", "output", "status", "error", "tiles_analysed",
-                 "tissue_area_mm2", "positive_class", "fraction_positive", "max_probability",
+                 "tissue_area_mm2", "positive_class", "fraction_positive", "assessable_share",
+                 "decision", "max_probability",
                  "top_region_mm2", "seconds")
 
 
@@ -54,7 +59,7 @@ def probability_column(positive_class: str) -> str:
 
 def columns(positive_class: str) -> tuple[str, ...]:
     return ("x", "y", "width", "height", "tissue_fraction", probability_column(positive_class),
-            "label")
+            "label", "decision", "reasons")
 
 
 def tile_row(result: TileResult, positive_class: str) -> dict[str, Any]:
@@ -62,7 +67,8 @@ def tile_row(result: TileResult, positive_class: str) -> dict[str, Any]:
     return {"x": result.x, "y": result.y, "width": result.size, "height": result.size,
             "tissue_fraction": round(result.tissue_fraction, 4),
             probability_column(positive_class): round(result.probability, 6),
-            "label": result.label}
+            "label": result.label, "decision": result.decision or result.label,
+            "reasons": ";".join(result.reasons)}
 
 
 class CsvTiles:
@@ -88,6 +94,10 @@ def geojson_feature(row: dict[str, Any], positive_class: str, classes: tuple[str
     """A QuPath tile: a closed level-0 polygon, its class and P(positive) as measurements."""
     x, y, w, h = row["x"], row["y"], row["width"], row["height"]
     probability = row[probability_column(positive_class)]
+    # A tile the checks turned away is classified as such in QuPath, not as its label.
+    name = NOT_ASSESSABLE if row.get("reasons") else row["label"]
+    colour = NOT_ASSESSABLE_COLOUR if row.get("reasons") else class_colour(
+        row["label"], positive_class, classes)
     return {
         "type": "Feature",
         "id": str(uuid.uuid5(GEOJSON_NAMESPACE, f"{key}:{x}:{y}:{w}")),
@@ -96,8 +106,7 @@ def geojson_feature(row: dict[str, Any], positive_class: str, classes: tuple[str
         "properties": {
             "objectType": "tile",
             "isLocked": True,
-            "classification": {"name": row["label"],
-                               "color": list(class_colour(row["label"], positive_class, classes))},
+            "classification": {"name": name, "color": list(colour)},
             "measurements": {f"P({positive_class})": probability,
                              "Tissue fraction": row["tissue_fraction"]},
         },

@@ -7,6 +7,8 @@ from a decoded image instead of a slide level. numpy + Pillow only.
 from __future__ import annotations
 
 import base64
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 from services.core.errors import ServiceError
 from services.core.model import InferenceModel
 from services.core.preprocessing import to_rgb
+from services.core.quality import NOT_ASSESSABLE, Measurement, QualityRanges
 from services.core.tissue import tissue_area_mm2, tissue_mask
 from services.slides.outputs import png_bytes, positive_regions, render_heatmap, tile_row
 from services.slides.tiling import (
@@ -162,35 +165,78 @@ def analyse_region(model: InferenceModel, image: Image.Image, mpp: float | None 
         "scale": {"region_mpp": source_mpp, "model_mpp": meta.mpp,
                   "mpp_source": "model" if mpp is None else "query", "tile_um": scale.tile_um},
         "summary": summarise(results, values, grid, meta.served_threshold, source_mpp, positive,
-                             tissue_area_mm2(mask, mask_um)),
+                             tissue_area_mm2(mask, mask_um), meta.quality),
         "heatmap": {"media_type": "image/png",
                     "base64": base64.b64encode(png_bytes(heatmap)).decode("ascii")},
         "threshold": meta.served_threshold,
+        "threshold_scale": meta.threshold_scale,
         "model": {"name": meta.name, "version": meta.version, "precision": meta.precision},
     }
 
 
 def summarise(results: list[TileResult], values: np.ndarray, grid: Grid, threshold: float,
-              source_mpp: float, positive: str, tissue_mm2: float) -> dict[str, Any]:
-    """Tiles analysed, tissue area, share of tissue called positive, the top regions."""
+              source_mpp: float, positive: str, tissue_mm2: float,
+              ranges: QualityRanges | None) -> dict[str, Any]:
+    """Tiles analysed, tissue area, share of tissue called positive, the top regions, and how
+    much of it was assessable."""
     weights = np.array([r.tissue_fraction for r in results], dtype=np.float64)
     called = np.array([r.label == positive for r in results], dtype=bool)
-    return summarise_arrays(weights, called, values, grid, threshold, source_mpp, positive,
-                            tissue_mm2)
+    assessable = np.array([r.assessable for r in results], dtype=bool)
+    checked = assessability([r.reasons for r in results],
+                            [r.stain_focus for r in results if r.stain_focus], ranges)
+    return summarise_arrays(weights, called, assessable, values, grid, threshold, source_mpp,
+                            positive, tissue_mm2, checked)
 
 
-def summarise_arrays(weights: np.ndarray, called: np.ndarray, values: np.ndarray, grid: Grid,
-                     threshold: float, source_mpp: float, positive: str,
-                     tissue_mm2: float) -> dict[str, Any]:
+def summarise_arrays(weights: np.ndarray, called: np.ndarray, assessable: np.ndarray,
+                     values: np.ndarray, grid: Grid, threshold: float, source_mpp: float,
+                     positive: str, tissue_mm2: float, checked: dict[str, Any]
+                     ) -> dict[str, Any]:
     """`summarise` from per-tile arrays in row-major tile order — each analysed tile's tissue
-    fraction and whether it was called positive — so a slide keeps no record per tile."""
-    share = float(weights[called].sum() / weights.sum()) if weights.sum() > 0 else 0.0
+    fraction, whether it was called positive and whether it was assessable — so a slide keeps
+    no record per tile. The positive share counts assessable tissue only, and is null when
+    there is none or the whole source failed its stain or focus check: tissue in the wrong
+    stain is not "0 % positive"."""
+    kept = weights[assessable]
+    share = (None if checked["decision"] == NOT_ASSESSABLE or kept.sum() <= 0
+             else round(float(kept[called[assessable]].sum() / kept.sum()), 4))
+    shown = values[~np.isnan(values)]
     return {
         "tiles_analysed": len(weights),
         "tissue_area_mm2": round(tissue_mm2, 4),
         "positive_class": positive,
-        "fraction_positive": round(share, 4),
-        "max_probability": round(float(np.nanmax(values)), 4) if len(weights) else None,
+        "fraction_positive": share,
+        "max_probability": round(float(shown.max()), 4) if shown.size else None,
         "top_regions": [region.describe(grid, source_mpp)
                         for region in positive_regions(values, threshold)],
+        "assessable": checked,
     }
+
+
+def assessability(reasons: Sequence[tuple[str, ...]], stain_focus: Sequence[tuple[float, ...]],
+                  ranges: QualityRanges | None) -> dict[str, Any]:
+    """How much of a region or slide the input checks let through, and its own stain and
+    focus check: the median over the tiles whose stain was measured, against the training
+    ranges. Tiles are judged one by one too, but a slide stained otherwise must be said to be
+    so as a whole, beside the share of tiles that passed."""
+    tiles = len(reasons)
+    passed = sum(1 for r in reasons if not r)
+    found = [] if ranges is None or not stain_focus else source_warnings(stain_focus, ranges)
+    return {
+        "checked": ranges is not None,
+        "tiles": passed,
+        "share": round(passed / tiles, 4) if tiles else None,
+        "by_reason": dict(sorted(Counter(code for r in reasons for code in r).items())),
+        "warnings": found,
+        "decision": NOT_ASSESSABLE if found or (tiles and not passed) else "assessable",
+    }
+
+
+def source_warnings(stain_focus: Sequence[tuple[float, ...]],
+                    ranges: QualityRanges) -> list[dict[str, Any]]:
+    """blurry / unusual_stain of the median tile (focus, od r g b, haematoxylin, eosin)."""
+    median = np.median(np.asarray(stain_focus, dtype=np.float64), axis=0)  # (6,)
+    # A whole tissue fraction and full colour: only focus and stain are judged here.
+    typical = Measurement(float(median[0]), 1.0, tuple(float(v) for v in median[1:4]),
+                          (float(median[4]), float(median[5])))  # type: ignore[arg-type]
+    return ranges.warnings(typical)

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from services.slides.reader import (
     read_thumbnail,
     thumbnail_level,
 )
-from services.slides.region import require_tissue, summarise_arrays
+from services.slides.region import assessability, require_tissue, summarise_arrays
 from services.slides.tiling import (
     Grid,
     Scale,
@@ -73,21 +73,31 @@ class TileAnswers:
     """Every tile's answer as (rows, columns) grids: 6 bytes a tile, where a list of
     TileResult records took ~280, so memory follows the grid only as far as the heatmap must."""
 
-    values: np.ndarray  # float32 P(positive class), NaN where no tile was analysed
+    values: np.ndarray  # float32 P(positive class), NaN where not analysed or not assessable
     called: np.ndarray  # bool: labelled the positive class
     analysed: np.ndarray  # bool
+    assessable: np.ndarray  # bool: passed the input checks
+    # Per analysed tile, in order: its reasons (mostly the one shared empty tuple) and, where
+    # measured, its focus and stain (six floats) for the slide's own stain and focus check.
+    reasons: list = field(default_factory=list)
+    stain_focus: list = field(default_factory=list)
 
     @classmethod
     def empty(cls, grid: Grid) -> TileAnswers:
         shape = (grid.rows, grid.columns)
         return cls(np.full(shape, np.nan, dtype=np.float32), np.zeros(shape, dtype=bool),
-                   np.zeros(shape, dtype=bool))
+                   np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool))
 
     def add(self, result: TileResult, positive_class: str) -> None:
         cell = (result.row, result.column)
-        self.values[cell] = result.probability
+        if result.assessable:
+            self.values[cell] = result.probability
         self.called[cell] = result.label == positive_class
         self.analysed[cell] = True
+        self.assessable[cell] = result.assessable
+        self.reasons.append(result.reasons)
+        if result.stain_focus is not None:
+            self.stain_focus.append(result.stain_focus)
 
 
 def output_paths(out: Path, name: str) -> dict[str, Path]:
@@ -123,11 +133,14 @@ def analyse_slide(path: Path, model: InferenceModel, options: Options, out: Path
             heatmap = render_heatmap(thumbnail, values, grid, f"P({meta.positive_class})",
                                      meta.served_threshold)
             heatmap.save(staged[paths["heatmap"]], format="PNG")
+            checked = assessability(answers.reasons, answers.stain_focus, meta.quality)
             summary = summarise_arrays(fractions[answers.analysed],
-                                       answers.called[answers.analysed], values, grid,
+                                       answers.called[answers.analysed],
+                                       answers.assessable[answers.analysed], values, grid,
                                        meta.served_threshold, slide.mpp, meta.positive_class,
                                        tissue_area_mm2(mask,
-                                                       slide.mpp * grid.width / mask.shape[1]))
+                                                       slide.mpp * grid.width / mask.shape[1]),
+                                       checked)
             timings["outputs_s"] = time.perf_counter() - t
             timings["total_s"] = time.perf_counter() - started
             document = _summary(slide, model, scale, grid, level, options, summary, timings,
@@ -217,7 +230,8 @@ def _summary(slide: Slide, model: InferenceModel, scale: Scale, grid: Grid, leve
         "tiles": {"grid": grid.size, "analysed": analysed, "background": grid.size - analysed},
         **{k: v for k, v in summary.items() if k != "tiles_analysed"},
         "model": {**{k: meta.describe()[k] for k in ("name", "version", "precision",
-                                                     "threshold", "mpp", "provenance")},
+                                                     "threshold", "threshold_scale",
+                                                     "threshold_raw", "mpp", "provenance")},
                   "sha256": model.sha256, "file": model.path.name},
         "timings": {**{k: round(v, 3) for k, v in timings.items()},
                     "tiles_per_s": round(analysed / max(timings["inference_s"], 1e-9), 1)},

@@ -182,8 +182,17 @@ class TileResult:
     y: int
     size: int
     tissue_fraction: float
-    probability: float  # P(positive class)
+    probability: float  # P(positive class), on the threshold's (served) scale
     label: str
+    decision: str = ""  # the label, "uncertain" or "not_assessable" (the input checks)
+    reasons: tuple[str, ...] = ()  # why not assessable: the input warnings' codes
+    # focus, od_mean r g b, haematoxylin, eosin (services/core/quality.py) when the tile had
+    # tissue enough to judge its stain; the slide-level stain and focus check reads them.
+    stain_focus: tuple[float, ...] | None = None
+
+    @property
+    def assessable(self) -> bool:
+        return not self.reasons
 
 
 def selected_tiles(fractions: np.ndarray, min_tissue: float) -> np.ndarray:
@@ -224,12 +233,24 @@ def classify(
                 x, y = grid.origin(row, column)
                 yield TileResult(row, column, x, y, grid.tile,
                                  float(fractions[row, column]),
-                                 prediction.probabilities[positive], prediction.label)
+                                 prediction.probabilities[positive], prediction.label,
+                                 prediction.decision or prediction.label,
+                                 tuple(prediction.reasons or ()),
+                                 stain_focus(prediction.quality))
+
+
+def stain_focus(quality: dict | None) -> tuple[float, ...] | None:
+    """A tile's focus, mean OD (r, g, b) and H&E concentrations, when its stain was judged."""
+    if not quality or quality.get("od_mean") is None or quality.get("stain") is None:
+        return None
+    return (quality["focus"], *quality["od_mean"].values(), *quality["stain"].values())
 
 
 def probability_grid(results: list[TileResult] | Iterator[TileResult], grid: Grid) -> np.ndarray:
-    """(rows, columns) P(positive) per tile, NaN where no tile was analysed."""
+    """(rows, columns) P(positive) per assessable tile; NaN where no tile was analysed or the
+    tile is not assessable (no answer to draw or to count in a positive region)."""
     values = np.full((grid.rows, grid.columns), np.nan, dtype=np.float32)
     for result in results:
-        values[result.row, result.column] = result.probability
+        if result.assessable:
+            values[result.row, result.column] = result.probability
     return values

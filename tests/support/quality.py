@@ -21,7 +21,13 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from services.core.preprocessing import PreprocessSpec, resize_and_crop
-from services.core.quality import WARNING_CODES, QualityRanges, measure
+from services.core.quality import (
+    HED_FROM_RGB,
+    INPUT_WARNING_CODES,
+    RGB_FROM_HED,
+    QualityRanges,
+    measure,
+)
 
 # --- perturbations --------------------------------------------------------------------------
 
@@ -58,6 +64,24 @@ def channel_scaled(img: Image.Image, gains: tuple[float, float, float] = (0.6, 1
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
+def greyscale(img: Image.Image) -> Image.Image:
+    """The same patch with its colour removed (ITU-R 601 luma), as a greyscale scan."""
+    return img.convert("L").convert("RGB")
+
+
+def immunostained(img: Image.Image) -> Image.Image:
+    """The patch as an immunohistochemistry slide: its haematoxylin kept, its eosin redrawn as
+    DAB brown (Ruifrok-Johnston vectors), the counterstain + chromogen of IHC, not H&E."""
+    od = _OD_TABLE[np.asarray(img.convert("RGB"))].reshape(-1, 3)  # (H*W, 3)
+    hed = np.clip(od @ HED_FROM_RGB, 0.0, None)  # (H*W, 3): haematoxylin, eosin, DAB
+    restained = hed[:, :1] * RGB_FROM_HED[0] + 1.5 * hed[:, 1:2] * RGB_FROM_HED[2]
+    rgb = 255.0 * np.power(10.0, -restained)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8).reshape(img.height, img.width, 3))
+
+
+_OD_TABLE = -np.log10(np.maximum(np.arange(256), 1.0) / 255.0)
+
+
 @dataclass(frozen=True)
 class Perturbation:
     name: str
@@ -74,6 +98,9 @@ PERTURBATIONS = (
                  "⅛ tissue strip, rest glass"),
     Perturbation("hue_rotated", hue_rotated, "unusual_stain", "hue rotated 180°"),
     Perturbation("channel_scaled", channel_scaled, "unusual_stain", "red channel × 0.6"),
+    Perturbation("greyscale", greyscale, "grayscale", "greyscale (luma only)"),
+    Perturbation("immunostained", immunostained, "unusual_stain",
+                 "re-stained as IHC (haematoxylin + DAB)"),
 )
 BY_NAME = {p.name: p for p in PERTURBATIONS}
 INPUTS = (ORIGINAL, *BY_NAME)
@@ -103,7 +130,8 @@ def rates(found: dict[str, list[set[str]]]) -> dict[str, dict]:
     out = {}
     for name, codes in found.items():
         out[name] = {"images": len(codes), "flagged": sum(bool(c) for c in codes),
-                     "by_code": {code: sum(code in c for c in codes) for code in WARNING_CODES}}
+                     "by_code": {code: sum(code in c for c in codes)
+                                 for code in INPUT_WARNING_CODES}}
     return out
 
 

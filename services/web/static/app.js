@@ -22,13 +22,15 @@ function showError(message) {
   $("error").hidden = false;
 }
 
-function drawBars(result) {
+// The highlighted bar is the decision's class: none when the answer is "uncertain" or
+// "not_assessable", so the page never shows a class the decision did not give.
+function drawBars(result, decision) {
   const bars = $("bars");
   bars.replaceChildren();
   const positive = $("positive").textContent;
   for (const [name, p] of Object.entries(result.probabilities)) {
     const row = document.createElement("div");
-    row.className = "bar" + (name === result.label ? " winner" : "");
+    row.className = "bar" + (name === decision ? " winner" : "");
     row.dataset.class = name;
     row.dataset.probability = String(p);
     const text = document.createElement("span");
@@ -81,11 +83,15 @@ async function classify(file) {
     $("label").textContent = body.label;
     $("label").dataset.label = body.label;
     const decision = body.decision ?? body.label; // a server from before decisions existed
-    $("decision").textContent = decision;
+    $("decision").textContent = DECISION_WORDS[decision] ?? decision;
     $("decision").dataset.decision = decision;
+    showWarnings(body.warnings || []);
     $("threshold").textContent = round3(body.threshold);
     $("threshold").dataset.threshold = String(body.threshold);
-    drawBars(body);
+    const scale = body.threshold_scale ?? "raw";
+    $("threshold-scale").textContent = scale;
+    $("threshold-scale").dataset.scale = scale;
+    drawBars(body, decision);
     showExplanation(body.explanation);
     $("result").hidden = false;
     $("status").textContent = `${file.name}: ${body.model.name} ${body.model.version} (${body.model.precision})`;
@@ -94,6 +100,32 @@ async function classify(file) {
     $("status").textContent = "";
     showError(`Request failed: ${err}`);
   }
+}
+
+const SYNTHETIC = "synthetic_training_data";
+const DECISION_WORDS = { not_assessable: "Not assessable", uncertain: "Uncertain" };
+
+// Every warning in words, the model's own notice apart (above the form, for every answer).
+function showWarnings(warnings) {
+  const list = $("warnings");
+  list.replaceChildren();
+  for (const warning of warnings) {
+    if (warning.code === SYNTHETIC) {
+      showNotice(warning.message);
+      continue;
+    }
+    const item = document.createElement("li");
+    item.dataset.code = warning.code;
+    item.textContent = warning.message;
+    list.append(item);
+  }
+  list.hidden = list.children.length === 0;
+}
+
+function showNotice(message) {
+  $("notice").textContent = message;
+  $("notice").dataset.code = SYNTHETIC;
+  $("notice").hidden = false;
 }
 
 async function loadModelInfo() {
@@ -112,6 +144,10 @@ async function loadModelInfo() {
       $("model").textContent += `, calibrated (temperature ${round3(meta.calibration.temperature)})`;
     }
     showBand(meta.uncertain_band);
+    if (meta.provenance && meta.provenance.synthetic_data === true) {
+      showNotice("This model was trained on the synthetic sample, not on real tissue: its " +
+                 "answers say nothing about real polyps.");
+    }
   } catch (err) {
     $("model").textContent = "Model: unavailable";
   }
