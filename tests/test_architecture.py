@@ -155,5 +155,6 @@ def test_one_inference_entry_counts_every_prediction() -> None:
     callers = sorted(str(path.relative_to(REPO_ROOT))
                      for folder in ("web", "adapters") for path in (SERVICES / folder).rglob("*.py")
                      if any(f".{verb}(" in path.read_text()
-                            for verb in ("predict_bytes", "predict_many", "predict_arrays")))
+                            for verb in ("predict_bytes", "predict_many", "predict_arrays",
+                                         "predict_array", "predict_images")))
     assert callers == ["services/web/inference.py"]
