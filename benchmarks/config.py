@@ -7,6 +7,8 @@
     MHIST_BENCH_THREADS=N                (intra-op threads for torch and ORT; default all CPUs)
     MHIST_BENCH_RESULTS=DIR              (default benchmarks/results)
     MHIST_BENCH_CACHE=DIR                (keep/reuse the trained + exported benchmark model)
+    MHIST_BENCH_PUBLISH=0                (full mode: do not publish the run as its CPU class's
+                                          benchmarks/LATEST.<class>.md and README.md's block)
 """
 
 from __future__ import annotations

@@ -151,6 +151,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     _say(session.config, f"benchmarks: {summary} ({_STORE.run['mode']} mode, "
          f"{_STORE.run['duration_s']:.0f} s)")
+    _publish(session)
+
+
+def _publish(session: pytest.Session) -> None:
+    """A full run without failures becomes its CPU class's report: benchmarks/LATEST.<class>.md,
+    its raw JSON in benchmarks/latest-run/<class>/ and README.md's block (every class's
+    headline); the other classes' reports stay. MHIST_BENCH_PUBLISH=0 leaves them all alone."""
+    if _STORE.run["mode"] != "full" or os.environ.get("MHIST_BENCH_PUBLISH") == "0":
+        return
+    if _STORE.run["failed"]:
+        _say(session.config, f"benchmarks: NOT published ({len(_STORE.run['failed'])} failed); "
+             f"after a fix, `python -m benchmarks.report {_STORE.dir} --publish --readme "
+             "README.md` publishes a complete run")
+        return
+    try:
+        latest = report.publish(_STORE.dir, REPO_ROOT / "README.md")
+    except Exception:  # noqa: BLE001 - said, and the run fails
+        _say(session.config, f"benchmarks: publishing FAILED\n{traceback.format_exc()}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    _say(session.config, f"benchmarks: published as {latest.relative_to(REPO_ROOT)} and "
+         "README.md's benchmark block")
 
 
 # --- the benchmark's model, built by the real pipeline ---------------------------------------

@@ -64,7 +64,7 @@ SLIDE_VARIANTS = {v.name: v for v in (
     SlideVariant("ort-fp32", "ONNX Runtime FP32", "onnxruntime", "fp32",
                  "as INT8, on the exported FP32 file"),
     # Frozen TorchScript: the fastest PyTorch FP32 setting measured on this kind of machine
-    # (benchmarks/LATEST.md, section 1, times it against eager).
+    # (benchmarks/LATEST.<class>.md, section 1, times it against eager).
     SlideVariant("torchscript-frozen", "PyTorch (frozen TorchScript)", "torch", "fp32",
                  "training's checkpoint → `torch.jit.trace` → `freeze` → "
                  "`optimize_for_inference`, `torch.set_num_threads(N)`; the tiles go through "

@@ -129,7 +129,7 @@ def _floor_run(image: str) -> float:
 # allowance" (benchmarks/report/goals.json).
 FLOOR_ROUNDS = 5
 # Above this a run did more than start a container (pulled or unpacked the image, waited on the
-# engine's storage lock): ten times what an idle machine measured (0.46 s, LATEST.md). Against
+# engine's storage lock): ten times what an idle machine measured (0.46 s, LATEST.avx2.md). Against
 # such a floor every image would meet its goal, so the benchmark fails instead.
 FLOOR_LIMIT_S = 5.0
 

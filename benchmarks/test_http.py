@@ -8,10 +8,17 @@ the same thread count as the reference), one request at a time from 127.0.0.1, e
 target through the same client and connection policy (benchmarks.load.CONNECTION_POLICY).
 Before it is timed, each target answers the first check images, compared with the ONNX FP32
 reference; every timed answer is compared too.
+
+The serving-overhead goals (benchmarks/overhead.py) are measured in interleaved rounds: in
+process, session.run / predict_bytes (its stages from the same call) / decode / the decode
+floor; over HTTP, each request on a new connection alternating with an in-process
+predict_bytes — the host server (gunicorn alone, and nginx → gunicorn where nginx is installed)
+and the Flask INT8 container (its front server, nginx).
 """
 
 from __future__ import annotations
 
+import shutil
 import urllib.request
 
 import pytest
@@ -21,6 +28,8 @@ from benchmarks import BASELINE
 from benchmarks.checks import assert_answers_ok, cross_check, response_checker
 from benchmarks.inprocess import model_calls
 from benchmarks.load import closed_loop
+from benchmarks.machine import production_env
+from benchmarks.overhead import core_overhead, host_server, paired_http
 from benchmarks.targets import (
     CONTAINER_IDS,
     CONTAINER_VARIANTS,
@@ -35,7 +44,11 @@ from benchmarks.targets import (
 from benchmarks.timing import latency_stats, time_calls
 from services.core.model import InferenceModel
 from services.core.stages import STAGES
+from tests.support.containers import free_port
 from tests.support.events import make_v2_event
+
+# The container whose requests are paired with in-process predict_bytes (the front-server goal).
+PAIRED_CONTAINER = "flask-int8"
 
 
 def _in_process(model: InferenceModel, png: bytes, rounds: int, warmup: int
@@ -52,16 +65,32 @@ def session_run_p50(bench_model, bench_config, png_224, results) -> dict[str, fl
     """precision → p50 ms of session.run alone: the floor every target is compared with. The
     in-process core (decode + preprocess + run + JSON-ready dict) is recorded too."""
     floors = {}
+    rounds = max(bench_config.http_requests, 20)
     for precision in PRECISIONS:
         model = InferenceModel(bench_model.file(precision), threads=bench_config.threads)
-        raw, core = _in_process(model, png_224, max(bench_config.http_requests, 20),
-                                bench_config.warmup)
-        results.put("http", f"reference/{precision}/session.run",
-                    {"target": "session.run", "precision": precision, **raw})
-        results.put("http", f"reference/{precision}/predict_bytes",
-                    {"target": "predict_bytes", "precision": precision, **core})
-        floors[precision] = raw["p50_ms"]
+        if precision == "int8":  # the overhead goals' file: the decode floor and stages too
+            records = core_overhead(model, png_224, 2 * rounds, bench_config.warmup)
+        else:
+            raw, core = _in_process(model, png_224, rounds, bench_config.warmup)
+            records = {"session.run": raw, "predict_bytes": core}
+        for call, record in records.items():
+            results.put("http", f"reference/{precision}/{call}",
+                        {"target": call, "precision": precision, **record})
+        floors[precision] = records["session.run"]["p50_ms"]
     return floors
+
+
+@pytest.fixture(scope="module")
+def int8_model(bench_model, bench_config) -> InferenceModel:
+    """The INT8 file in this process: the predict_bytes each HTTP request is paired with."""
+    return InferenceModel(bench_model.int8, threads=bench_config.threads)
+
+
+def _paired_record(pairs: dict) -> dict:
+    """The paired loop's records and the goal's quantity: HTTP p50 − predict_bytes p50."""
+    return {"paired_http": pairs["http"], "paired_predict_bytes": pairs["predict_bytes"],
+            "http_minus_predict_bytes_ms": pairs["http"]["p50_ms"]
+            - pairs["predict_bytes"]["p50_ms"]}
 
 
 def _measure(target, png: bytes, check, config, warmed_up=lambda: None) -> dict:
@@ -139,6 +168,11 @@ def test_http_latency(variant, request, bench_model, bench_config, png_224, refe
             record = _measure(target, png_224, check, bench_config,
                               lambda: before.update(stage_totals(target)))
             record["stages_ms"] = stage_means(before, stage_totals(target))
+        if variant.key == PAIRED_CONTAINER:
+            int8_model = request.getfixturevalue("int8_model")
+            record.update(_paired_record(paired_http(
+                int8_model, png_224, target.send, bench_config.http_requests,
+                bench_config.warmup)))
     record.update(target=variant.target, precision=variant.precision, image=image,
                   request=variant.request, request_bytes=request_bytes(variant, png_224),
                   threads=bench_config.threads, answers=answers)
@@ -148,3 +182,36 @@ def test_http_latency(variant, request, bench_model, bench_config, png_224, refe
     assert_answers_ok(answers, labelled=True)
     assert record["errors"] == 0, record["error_examples"]
     assert record["n"] == bench_config.http_requests
+
+
+HOST_FRONTS = ("none", "nginx")
+
+
+@pytest.mark.parametrize("front", HOST_FRONTS)
+def test_host_server_overhead(front, int8_model, bench_model, bench_config, png_224,
+                              reference, session_run_p50, results):
+    """`python -m services.runtime.server` on the host, one worker with all CPUs as ORT
+    threads, INT8 file: each POST /predict on a new connection alternates with an in-process
+    predict_bytes (benchmarks/overhead.py). `nginx`: the containers' front server
+    (services/runtime/nginx.py) before the same gunicorn, where nginx is installed here."""
+    if front == "nginx" and not (shutil.which("nginx")
+                                 or shutil.which("nginx", path="/usr/sbin:/sbin")):
+        pytest.skip("nginx is not installed on this host (Debian: apt-get install nginx-light); "
+                    "the Flask container's row measures the front server")
+    port = free_port()
+    env = production_env({"MODEL_PATH": str(bench_model.int8), "PORT": str(port),
+                          "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1", "FRONT_SERVER": front,
+                          "ORT_INTRA_OP_THREADS": str(bench_config.threads)})
+    check = response_checker(reference, bench_model.image.name, "int8")
+    with host_server(env, port, png_224) as client:
+        def send(png: bytes):
+            reply = client.post("/predict", png, "image/png")
+            problem = check(reply) if reply.status == 200 else f"status {reply.status}"
+            assert problem is None, problem
+            return reply
+        pairs = paired_http(int8_model, png_224, send, 2 * bench_config.http_requests,
+                            bench_config.warmup)
+    record = {"target": f"host-{front}", "precision": "int8", "front_server": front,
+              "threads": bench_config.threads, **_paired_record(pairs),
+              "overhead_vs_session_run": pairs["http"]["p50_ms"] / session_run_p50["int8"]}
+    results.put("http", f"host/{front}/int8", record)

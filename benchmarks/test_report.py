@@ -169,25 +169,85 @@ def test_headline_cells_are_the_section_numbers():
         == f"{data['http']['torch']['p50_ms']:.1f}"
 
 
-def test_generate_writes_summary_latest_and_readme(run_dir, tmp_path):
-    latest, readme = tmp_path / "LATEST.md", tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nrest\n")
-    summary = report.generate(run_dir, latest=latest, readme=readme)
+def test_generate_writes_summary_and_plots(run_dir):
+    summary = report.generate(run_dir)
     assert (run_dir / "plots" / "latency_model.png").is_file()
-    assert "## Plots" in summary.read_text() and "## Plots" not in latest.read_text()
-    block = report.extract_block(readme.read_text())
-    assert block == report.extract_block(latest.read_text())
-    assert "old table" not in block and readme.read_text().endswith("\n\nrest\n")
+    assert "## Plots" in summary.read_text()
 
 
-def test_readme_table_matches_latest():
-    """README.md's benchmark table is LATEST.md's headline (python -m benchmarks.report
-    --readme README.md copies it)."""
+def test_readme_table_matches_the_reports():
+    """README.md's benchmark block is every class's part, from benchmarks/LATEST.<class>.md
+    (python -m benchmarks.report --readme README.md writes it)."""
     readme = report.extract_block((REPO_ROOT / "README.md").read_text())
     assert readme is not None, "README.md lost its benchmarks-table markers"
-    assert readme == report.readme_block_for(report.LATEST.read_text()), (
-        "README.md's benchmark table differs from benchmarks/LATEST.md: run "
+    assert readme == report.readme_block(), (
+        "README.md's benchmark block differs from benchmarks/LATEST.<class>.md: run "
         "`python -m benchmarks.report --readme README.md`")
+
+
+def _readme(tmp_path: Path) -> Path:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nrest\n")
+    return readme
+
+
+def _set_flags(folder: Path, **flags: bool) -> None:
+    _edit(folder, "machine.json", lambda m: m["flags"].update(flags))
+
+
+def test_publish_keeps_the_other_class(run_dir, tmp_path):
+    """A run on one CPU class writes that class's report and raw JSON, and README.md's block
+    keeps every class: an AVX2 run does not replace the AVX-512 VNNI report, nor the reverse."""
+    root, readme = tmp_path / "bench", _readme(tmp_path)
+    root.mkdir()
+    _set_flags(run_dir, **{"AVX-512F": False, "AVX-512 VNNI": False})
+    avx2 = report.publish(run_dir, readme, root=root)
+    assert avx2 == root / "LATEST.avx2.md"
+    assert (root / "latest-run" / "avx2" / "raw" / "http.json").is_file()
+    avx2_text = avx2.read_text()
+    _edit(run_dir, "run.json", lambda run: run.update(stamp="20261208T000000Z"))
+    _set_flags(run_dir, **{"AVX-512F": True, "AVX-512 VNNI": True})
+    vnni = report.publish(run_dir, readme, root=root)
+    assert vnni == root / "LATEST.avx512-vnni.md" and avx2.read_text() == avx2_text
+    block = report.extract_block(readme.read_text())
+    assert "old table" not in block and readme.read_text().endswith("\n\nrest\n")
+    avx2_part, vnni_part = block.split("### CPU class `avx512-vnni`")
+    assert avx2_part.startswith("### CPU class `avx2`: AVX2 — run of 2026-12-02")
+    assert "20261208T000000Z" in vnni_part and "AVX-512 VNNI" in vnni_part.split("\n")[0]
+    assert report.extract_block(vnni.read_text()) in vnni_part
+    assert report.extract_block(avx2_text) in avx2_part
+    # Each published report regenerates from its own copied raw JSON.
+    for name, path in (("avx2", avx2), ("avx512-vnni", vnni)):
+        body = path.read_text().split("\n\n", 1)[1]
+        assert body == report.render(report.load(root / "latest-run" / name))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"AVX2": True}, "avx2"),
+    ({"AVX2": True, "AVX-512F": True}, "avx512"),
+    ({"AVX2": True, "AVX-512F": True, "AVX-512 VNNI": True}, "avx512-vnni"),
+    ({"AVX2": True, "AVX-VNNI": True}, "avx-vnni"),
+    ({"AVX2": True, "AVX-512 VNNI": True, "AMX-INT8": True}, "amx"),
+    ({"ARM dot product": True}, "arm-dotprod"),
+    ({}, "baseline"),
+])
+def test_cpu_class_is_the_fastest_int8_dot_product(flags, expected):
+    assert report.cpu_class(flags) == expected
+
+
+def test_what_int8_buys_is_computed_from_the_table():
+    """The README's sentence per class, from the report's headline cells (rounded as shown)."""
+    from benchmarks.report.classes import int8_buys
+
+    model = read_results(FIXTURE)["model"]
+    int8, fp32, eager = (round(model[f"{k}/b1"]["p50_ms"], 1)
+                         for k in ("ort-int8", "ort-fp32", "torch-eager"))
+    text = int8_buys(report.extract_block(_render()))
+    assert f"×{fp32 / int8:.2f} over ONNX FP32" in text
+    assert f"×{eager / int8:.2f} over PyTorch eager" in text
+    http = read_results(FIXTURE)["http"]
+    base, flask = (round(http[k]["p50_ms"], 1) for k in ("torch", "flask-int8"))
+    assert f"Flask INT8 container ×{base / flask:.2f} over the PyTorch baseline" in text
 
 
 def test_cold_start_is_set_against_the_floor(run_dir):
@@ -299,37 +359,65 @@ def _overhead(http: dict, throughput: dict | None = None) -> list[str]:
     return overhead_goals(results.http, results.throughput)
 
 
-@pytest.mark.parametrize(("p50", "verdict"), [(11.0, "met"), (13.0, "not met")])
-def test_overhead_goal_follows_the_numbers(p50, verdict):
-    http = {"reference/int8/session.run": _latency(10.0),
-            "reference/int8/predict_bytes": _latency(p50 - 0.5),
-            "flask-int8": _latency(p50)}
+def _paired(http_p50: float, core_p50: float) -> dict:
+    return {"paired_http": _latency(http_p50), "paired_predict_bytes": _latency(core_p50),
+            "http_minus_predict_bytes_ms": http_p50 - core_p50}
+
+
+def _core(overhead_ms: float) -> dict:
+    return {"reference/int8/session.run": _latency(6.0),
+            "reference/int8/predict_bytes": _latency(
+                8.0, overhead_ms=overhead_ms,
+                stages_us={"decode": 1500.0, "preprocess": 90.0, "run": 6000.0,
+                           "postprocess": 1000 * overhead_ms - 90.0}),
+            "reference/int8/decode": _latency(1.5), "reference/int8/decode_floor": _latency(1.2)}
+
+
+@pytest.mark.parametrize(("overhead", "verdict"), [(0.45, "met"), (0.55, "not met")])
+def test_core_overhead_goal_follows_the_numbers(overhead, verdict):
+    (line, *_) = _overhead(_core(overhead))
+    assert line.startswith("In-process overhead, predict_bytes − session.run − decode")
+    assert f": {overhead:.2f} ms = ×{overhead / 6.0:.3f} INT8 session.run (6.00 ms)" in line
+    assert f"(goal ≤ 0.5 ms: **{verdict}**)" in line
+    assert "preprocess 90 µs" in line and f"postprocess {1000 * overhead - 90:.0f} µs" in line
+    assert "decode stage 1.50 ms" in line and "decode floor (libspng alone, same rounds) 1.20" \
+        in line
+
+
+@pytest.mark.parametrize(("host", "container", "verdicts"), [
+    ((7.0, 6.6), (7.5, 6.8), ("met", "met")),      # 0.4 ms and 0.7 ms
+    ((7.2, 6.6), (7.7, 6.8), ("not met", "not met")),  # 0.6 ms and 0.9 ms
+])
+def test_http_overhead_goals_follow_the_numbers(host, container, verdicts):
+    http = {**_core(0.4),
+            "host/none/int8": {"front_server": "none", **_paired(*host)},
+            "flask-int8": _latency(7.6, **_paired(*container))}
     lines = _overhead(http)
-    flask = next(line for line in lines if "Flask" in line)
-    assert f"×{p50 / 10.0:.2f} INT8 session.run" in flask and f"**{verdict}**" in flask
-    core = next(line for line in lines if "predict_bytes" in line)
-    assert f"×{(p50 - 0.5) / 10.0:.2f}" in core
+    gunicorn = next(line for line in lines if "host server (gunicorn alone)" in line)
+    front = next(line for line in lines if "Flask container (its front server" in line)
+    assert f": {host[0] - host[1]:.2f} ms (HTTP p50 {host[0]:.2f} ms" in gunicorn
+    assert f"(goal ≤ 0.5 ms: **{verdicts[0]}**)" in gunicorn
+    assert f": {container[0] - container[1]:.2f} ms" in front
+    assert f"(goal ≤ 0.8 ms: **{verdicts[1]}**)" in front
+
+
+def test_the_host_front_server_is_judged_only_without_the_container():
+    host_nginx = {"host/nginx/int8": {"front_server": "nginx", **_paired(7.5, 6.8)}}
+    (line,) = [x for x in _overhead({**_core(0.4), **host_nginx}) if "behind nginx" in x]
+    assert "(goal ≤ 0.8 ms: **met**)" in line
+    both = {**_core(0.4), **host_nginx, "flask-int8": _latency(7.6, **_paired(7.5, 6.8))}
+    (line,) = [x for x in _overhead(both) if "behind nginx" in x]
+    assert "goal" not in line
 
 
 def test_keepalive_overhead_comes_from_the_one_worker_throughput_run():
     http = {"reference/int8/session.run": _latency(10.0)}
     throughput = (_layout("2w×1ort", 2, {"1": _level(30.0, 30.0, 60.0)})
                   | _layout("1w×2ort", 1, {"1": _level(80.0, 12.0, 24.0)}))
-    (line,) = _overhead(http, throughput)
-    assert "kept-alive" in line and "1w×2ort" in line and "×1.20 INT8 session.run" in line
-    assert line.endswith("**met**).")
-
-
-def test_a_missed_core_goal_names_the_stages_that_cost_it():
-    http = {"reference/int8/session.run": _latency(10.0),
-            "reference/int8/predict_bytes": _latency(12.0),
-            "flask-int8": _latency(13.0, stages_ms={"decode": 1.0, "preprocess": 0.25,
-                                                    "postprocess": 0.5, "run": 10.0})}
-    line = _overhead(http)[-1]
-    assert "decode 1.00, preprocess 0.25, postprocess 0.50, 1.75 ms in all" in line
-    assert "predict_bytes − session.run: 2.00 ms" in line and "×1.15 allows 1.50 ms" in line
-    http["reference/int8/predict_bytes"]["p50_ms"] = 11.0  # met: nothing to explain
-    assert not any("stands between" in line for line in _overhead(http))
+    lines = _overhead(http, throughput)
+    (line,) = [x for x in lines if "kept-alive" in x]
+    assert "1w×2ort" in line and "×1.20 INT8 session.run" in line
+    assert any("not measured in this run" in x for x in lines)
 
 
 def test_a_missing_key_names_the_file_and_record(run_dir):
@@ -355,16 +443,30 @@ def test_every_goal_has_its_reason():
     assert read_goals().cold_start_allowance_s == raw["cold_start_allowance_s"]["value"]
 
 
-def test_latest_md_is_generated_from_its_committed_raw_data() -> None:
-    """Every number in benchmarks/LATEST.md (and so in README.md's table) traces to the run's
-    raw JSON, committed in benchmarks/latest-run/: regenerating gives the same text."""
-    from benchmarks.report.document import render
-    from benchmarks.report.records import load
+def test_every_class_report_is_generated_from_its_committed_raw_data() -> None:
+    """Every number in benchmarks/LATEST.<class>.md (and so in README.md's block) traces to the
+    run's raw JSON, committed in benchmarks/latest-run/<class>/: regenerating gives the same
+    text, and the run's own machine.json names that class. The one exception is a report
+    marked archived (written before raw JSON was committed), which has no raw folder."""
+    from benchmarks.report.classes import ARCHIVED_MARK, latest_run_dir, published
 
-    latest_run = Path(__file__).resolve().parent / "latest-run"
-    generated_by, body = report.LATEST.read_text().split("\n\n", 1)
-    run = json.loads((latest_run / "run.json").read_text())
-    assert body == render(load(latest_run)), (
-        "benchmarks/LATEST.md is not what benchmarks/latest-run/ renders: after a full run, "
-        "copy its run.json, machine.json and raw/ there and regenerate LATEST.md")
-    assert run["mode"] == "full" and "generated by" in generated_by
+    classes = published()
+    assert classes, "no benchmarks/LATEST.<class>.md"
+    regenerated = 0
+    for name, path in classes.items():
+        text, folder = path.read_text(), latest_run_dir(name)
+        if not (folder / "run.json").is_file():
+            assert text.startswith(ARCHIVED_MARK), (
+                f"{path.name} has no raw JSON in {folder}: publish a full run "
+                "(`python -m benchmarks.report benchmarks/results/<ts> --publish`)")
+            continue
+        generated_by, body = text.split("\n\n", 1)
+        results = report.load(folder)
+        assert report.cpu_class(results.machine.flags) == name, (path.name, folder)
+        assert body == report.render(results), (
+            f"{path.name} is not what {folder} renders: publish the run again "
+            "(`python -m benchmarks.report benchmarks/results/<ts> --publish --readme "
+            "README.md`)")
+        assert results.run.mode == "full" and "generated by" in generated_by
+        regenerated += 1
+    assert regenerated, "no class report regenerates from committed raw JSON"

@@ -1,5 +1,5 @@
-"""`python -m benchmarks.report`: regenerate a results folder's summary, LATEST.md and
-README.md's benchmark table (see benchmarks/report/__init__.py)."""
+"""`python -m benchmarks.report`: regenerate a results folder's summary, publish it as its CPU
+class's report, and README.md's benchmark block (see benchmarks/report/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks.report.classes import publish, sync_readme
 from benchmarks.report.document import generate
-from benchmarks.report.readme import LATEST, sync_readme
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -17,12 +17,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                  "benchmarks/results/<timestamp> folder.")
     parser.add_argument("folder", type=Path, nargs="?", default=None,
                         help="benchmarks/results/<timestamp>")
-    parser.add_argument("--latest", type=Path, default=None,
-                        help="also write the summary (without plots) here, e.g. "
-                             "benchmarks/LATEST.md")
+    parser.add_argument("--publish", action="store_true",
+                        help="also make this run its CPU class's report: copy its JSON to "
+                             "benchmarks/latest-run/<class>/ and write "
+                             "benchmarks/LATEST.<class>.md (other classes are kept)")
     parser.add_argument("--readme", type=Path, default=None,
-                        help="copy the headline table of --latest (default "
-                             "benchmarks/LATEST.md) into this README's generated block")
+                        help="rewrite this README's benchmark block from every "
+                             "benchmarks/LATEST.<class>.md")
     return parser
 
 
@@ -31,15 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.folder is None:
-            if args.readme is None:
-                parser.error("give a results folder, or --readme to sync README.md alone")
-            sync_readme(args.readme, args.latest or LATEST)
+            if args.readme is None or args.publish:
+                parser.error("give a results folder (to --publish it), or --readme alone to "
+                             "rewrite README.md's block from the committed reports")
+            sync_readme(args.readme)
             print(args.readme)
             return 0
-        if args.readme is not None and args.latest is None:
-            parser.error("--readme with a results folder needs --latest: README.md's table is "
-                         "copied from the LATEST.md that this folder writes")
-        print(generate(args.folder, args.latest, args.readme))
+        print(generate(args.folder))
+        if args.publish:
+            print(publish(args.folder, args.readme))
+        elif args.readme is not None:
+            parser.error("--readme with a results folder needs --publish: README.md's block "
+                         "quotes the published reports")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from benchmarks import BASELINE
 from benchmarks.machine import busy
+from benchmarks.report.classes import cpu_class
 from benchmarks.report.model_only import EAGER, best_torch_fp32
 from benchmarks.report.records import ModelRun, Results
 from benchmarks.report.text import table
@@ -117,5 +118,6 @@ def headline(results: Results) -> str:
         f"{cpus} CPUs, {run.threads} threads per runtime; 1-min load at start "
         f"{load[0] if load else '?'} ({state}). (×r) = the cell ÷ the row's \"PyTorch, best "
         "FP32\" cell; the PyTorch baseline container serves frozen TorchScript. Details, "
-        "request formats and answer checks: benchmarks/LATEST.md.", "",
+        f"request formats and answer checks: benchmarks/LATEST.{cpu_class(results.machine.flags)}"
+        ".md.", "",
         table(["what", *HEADLINE_COLUMNS], headline_rows(results))])

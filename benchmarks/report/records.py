@@ -214,12 +214,54 @@ class HttpRun(Timing):
     answers: Answers | None
     errors: int
     stages_ms: dict[str, float]
+    paired: Paired | None = None  # requests alternating with in-process predict_bytes
+
+
+@dataclass(frozen=True)
+class Paired:
+    """POST /predict on a new connection and in-process predict_bytes, in alternating rounds
+    (benchmarks/overhead.py): the HTTP goals' quantity is their difference of p50s."""
+
+    http_p50_ms: float
+    predict_bytes_p50_ms: float
+    http_minus_predict_bytes_ms: float
+    n: int
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """The host server (`python -m services.runtime.server`), INT8, with its front server."""
+
+    front_server: str  # "none" (gunicorn alone) or "nginx"
+    paired: Paired
+    overhead_vs_session_run: float | None
+
+
+@dataclass(frozen=True)
+class CoreOverhead:
+    """In-process, interleaved: predict_bytes − session.run − decode (p50 over the calls, each
+    call's own stages), the stages (p50 µs) and the decode stage and floor (p50 ms)."""
+
+    overhead_ms: float
+    stages_us: dict[str, float]
+    decode_ms: float | None
+    decode_floor_ms: float | None
 
 
 @dataclass(frozen=True)
 class HttpSection:
     reference: dict[str, Timing]  # "int8/session.run" → the in-process call
     containers: dict[str, HttpRun]  # CONTAINER_IDS' order, only those with samples
+    host: dict[str, HostRun] = field(default_factory=dict)  # front server → run
+    core: CoreOverhead | None = None  # INT8 only
+
+
+def _paired(f: Fields) -> Paired | None:
+    if f.may("http_minus_predict_bytes_ms") is None:
+        return None
+    http, core = f.sub("paired_http"), f.sub("paired_predict_bytes")
+    return Paired(http.need("p50_ms"), core.need("p50_ms"),
+                  f.need("http_minus_predict_bytes_ms"), http.need("n"))
 
 
 def _http_run(f: Fields) -> HttpRun:
@@ -227,7 +269,19 @@ def _http_run(f: Fields) -> HttpRun:
                    request=f.may("request", "?"), request_bytes=f.may("request_bytes", 0),
                    overhead_vs_session_run=f.may("overhead_vs_session_run"),
                    answers=_answers(f.maybe_sub("answers")), errors=f.may("errors", 0),
-                   stages_ms=f.may("stages_ms") or {})
+                   stages_ms=f.may("stages_ms") or {}, paired=_paired(f))
+
+
+def _core(f: Fields) -> CoreOverhead | None:
+    core = f.maybe_sub("reference/int8/predict_bytes")
+    if core is None or core.may("overhead_ms") is None:
+        return None
+
+    def p50(key: str) -> float | None:
+        rec = f.maybe_sub(key)
+        return rec.need("p50_ms") if rec else None
+    return CoreOverhead(core.need("overhead_ms"), core.need("stages_us"),
+                        p50("reference/int8/decode"), p50("reference/int8/decode_floor"))
 
 
 def _http(f: Fields) -> HttpSection:
@@ -235,7 +289,12 @@ def _http(f: Fields) -> HttpSection:
                  for key, rec in f.items() if key.startswith("reference/")}
     containers = {key: _http_run(f.sub(key)) for key in CONTAINER_IDS
                   if (f.may(key) or {}).get("n")}
-    return HttpSection(reference, containers)
+    host = {}
+    for key, rec in f.items():
+        if key.startswith("host/") and (paired := _paired(rec)):
+            host[rec.need("front_server")] = HostRun(rec.need("front_server"), paired,
+                                                     rec.may("overhead_vs_session_run"))
+    return HttpSection(reference, containers, host, _core(f))
 
 
 # --- 3. throughput ---------------------------------------------------------------------------
