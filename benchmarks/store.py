@@ -23,6 +23,7 @@ SECTIONS = (
     "peer",           # (6) `mlflow models serve` (PyTorch, ONNX) vs our Flask service
     "precision",      # (7) FP32 vs INT8 file size, load time, accuracy
     "slides",         # (8) whole slide: tiles/s, seconds per slide, peak memory vs slide size
+    "oip",            # (9) Open Inference Protocol: a BYTES infer call beside POST /predict
 )
 
 

@@ -11,6 +11,7 @@ from benchmarks.report.end_to_end import http_section
 from benchmarks.report.header import header, skips
 from benchmarks.report.headline import headline
 from benchmarks.report.model_only import model_section
+from benchmarks.report.oip import oip_section
 from benchmarks.report.peers import peer_section
 from benchmarks.report.plots import draw_plots
 from benchmarks.report.precision import precision_section
@@ -32,6 +33,7 @@ def render(results: Results) -> str:
         coldstart_section(results.coldstart), size_section(results.size),
         peer_section(results.peer), precision_section(results.precision),
         slides_section(results.slides, machine.usable_cpus or 1),
+        *filter(None, [oip_section(results.oip)]),
     ]) + "\n"
 
 

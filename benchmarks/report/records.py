@@ -587,6 +587,7 @@ class Results:
     peer: dict[str, PeerRun]
     precision: Precision | None
     slides: SlidesSection | None
+    oip: Fields | None = None  # raw/oip.json as written (benchmarks/report/oip.py reads it)
 
 
 def parse(raw: dict[str, Any], folder: Path = Path(".")) -> Results:
@@ -608,7 +609,7 @@ def parse(raw: dict[str, Any], folder: Path = Path(".")) -> Results:
         size=_size(sections["size"]) if sections["size"] else None,
         peer={k: _peer(rec) for k, rec in peer.items()} if peer else {},
         precision=_precision(precision) if precision else None,
-        slides=_slides(slides) if slides else None)
+        slides=_slides(slides) if slides else None, oip=sections.get("oip"))
 
 
 def load(folder: str | Path) -> Results:
