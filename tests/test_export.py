@@ -54,7 +54,10 @@ def test_report_records_both_gates(exported: dict) -> None:
     assert report["allow_degraded"] is True  # the fixture passes it (tests/conftest.py)
     assert set(report["files"]) == {"fp32", "int8"}
     assert report["int8"]["settings"]["format"] == "QDQ"
+    # The default CPU class: 7-bit weights, right on every CPU (tests/test_cpu_class.py).
     assert report["int8"]["settings"]["reduce_range"] is True
+    assert report["int8"]["settings"]["cpu_class"] == "portable"
+    assert report["int8"]["comparison"]["kernels"]["where"] == "native"
     assert report["synthetic_data"] is True
     assert report["opset"] >= 17
 
