@@ -19,21 +19,88 @@ from pathlib import Path
 from services.core.cpus import CpuClassError, model_cpu_class
 
 # With AVX-512 VNNI or AMX (x86), or the dot product (Graviton2+).
-VNNI_FAMILIES = frozenset({
-    "c6i", "c6id", "c6in", "m6i", "m6id", "m6in", "m6idn", "r6i", "r6id", "r6in", "r6idn",
-    "c7i", "c7i-flex", "m7i", "m7i-flex", "r7i", "r7iz", "c8i", "m8i", "r8i",  # Intel
-    "c7a", "m7a", "r7a", "c8a", "m8a", "r8a",  # AMD Zen 4 / Zen 5
-    "c6g", "c6gd", "c6gn", "m6g", "m6gd", "r6g", "r6gd", "t4g", "c7g", "c7gd", "c7gn", "m7g",
-    "m7gd", "r7g", "r7gd", "c8g", "m8g", "r8g",  # Graviton2, 3, 4
-})
+VNNI_FAMILIES = frozenset(
+    {
+        "c6i",
+        "c6id",
+        "c6in",
+        "m6i",
+        "m6id",
+        "m6in",
+        "m6idn",
+        "r6i",
+        "r6id",
+        "r6in",
+        "r6idn",
+        "c7i",
+        "c7i-flex",
+        "m7i",
+        "m7i-flex",
+        "r7i",
+        "r7iz",
+        "c8i",
+        "m8i",
+        "r8i",  # Intel
+        "c7a",
+        "m7a",
+        "r7a",
+        "c8a",
+        "m8a",
+        "r8a",  # AMD Zen 4 / Zen 5
+        "c6g",
+        "c6gd",
+        "c6gn",
+        "m6g",
+        "m6gd",
+        "r6g",
+        "r6gd",
+        "t4g",
+        "c7g",
+        "c7gd",
+        "c7gn",
+        "m7g",
+        "m7gd",
+        "r7g",
+        "r7gd",
+        "c8g",
+        "m8g",
+        "r8g",  # Graviton2, 3, 4
+    }
+)
 # AVX2 only (AMD Zen 2/3), or fleets that mix in CPUs without VNNI (Skylake in c5/m5/t3).
-PORTABLE_ONLY_FAMILIES = frozenset({
-    "c5a", "c5ad", "m5a", "m5ad", "r5a", "r5ad", "t3a", "c6a", "m6a", "r6a",
-    "c4", "m4", "r4", "t2", "t3", "c5", "c5d", "c5n", "m5", "m5d", "m5n", "r5", "r5d", "r5n",
-})
-CLASS_HELP = ("vnni fits x86 with AVX-512 VNNI or AMX (c6i, c7i, m7i, c7a …) and Graviton (c6g, "
-              "c7g, m7g …); portable fits every CPU, AVX2-only ones (c6a, c5a) and Lambda x86_64 "
-              "included")
+PORTABLE_ONLY_FAMILIES = frozenset(
+    {
+        "c5a",
+        "c5ad",
+        "m5a",
+        "m5ad",
+        "r5a",
+        "r5ad",
+        "t3a",
+        "c6a",
+        "m6a",
+        "r6a",
+        "c4",
+        "m4",
+        "r4",
+        "t2",
+        "t3",
+        "c5",
+        "c5d",
+        "c5n",
+        "m5",
+        "m5d",
+        "m5n",
+        "r5",
+        "r5d",
+        "r5n",
+    }
+)
+CLASS_HELP = (
+    "vnni fits x86 with AVX-512 VNNI or AMX (c6i, c7i, m7i, c7a …) and Graviton (c6g, "
+    "c7g, m7g …); portable fits every CPU, AVX2-only ones (c6a, c5a) and Lambda x86_64 "
+    "included"
+)
 
 
 def family(instance_type: str) -> str:
@@ -70,19 +137,22 @@ def instance_misfit(instance_type: str, cpu_class: str | None) -> str | None:
     if cpu_class != "vnni" or family(instance_type) in VNNI_FAMILIES:
         return None
     if family(instance_type) in PORTABLE_ONLY_FAMILIES:
-        return (f"{instance_type} has CPUs without VNNI or the Arm dot product, where the vnni "
-                f"INT8 file answers wrong and the server refuses it: deploy the portable file "
-                f"(export --cpu-class portable) or pick another instance type ({CLASS_HELP})")
+        return (
+            f"{instance_type} has CPUs without VNNI or the Arm dot product, where the vnni "
+            f"INT8 file answers wrong and the server refuses it: deploy the portable file "
+            f"(export --cpu-class portable) or pick another instance type ({CLASS_HELP})"
+        )
     return None
 
 
 def unknown_family(instance_type: str, cpu_class: str | None) -> str | None:
     """A note when a vnni file goes to a family this table does not know."""
-    if cpu_class == "vnni" and family(instance_type) not in VNNI_FAMILIES | \
-            PORTABLE_ONLY_FAMILIES:
-        return (f"instance family {family(instance_type)!r} is not in awsdeploy/cpu_classes.py: "
-                "if its CPUs lack VNNI / the Arm dot product, the server will refuse the vnni "
-                "file at start")
+    if cpu_class == "vnni" and family(instance_type) not in VNNI_FAMILIES | PORTABLE_ONLY_FAMILIES:
+        return (
+            f"instance family {family(instance_type)!r} is not in awsdeploy/cpu_classes.py: "
+            "if its CPUs lack VNNI / the Arm dot product, the server will refuse the vnni "
+            "file at start"
+        )
     return None
 
 
@@ -90,8 +160,10 @@ def lambda_misfit(architecture: str, cpu_class: str | None) -> str | None:
     """Lambda x86_64 runs on whatever x86 CPU AWS picks (AVX2-only ones too); arm64 on
     Graviton2 or later, which has the dot product."""
     if cpu_class == "vnni" and architecture != "arm64":
-        return ("Lambda does not say which x86 CPU runs an x86_64 function (AVX2-only ones "
-                "too), where the vnni INT8 file answers wrong and the function refuses it at "
-                "INIT: deploy the portable file (export --cpu-class portable), or "
-                "--architecture arm64 (Graviton2 or later)")
+        return (
+            "Lambda does not say which x86 CPU runs an x86_64 function (AVX2-only ones "
+            "too), where the vnni INT8 file answers wrong and the function refuses it at "
+            "INIT: deploy the portable file (export --cpu-class portable), or "
+            "--architecture arm64 (Graviton2 or later)"
+        )
     return None

@@ -41,24 +41,29 @@ class EmulationError(RuntimeError):
 
 def kernels(info: CpuInfo, where: str = "native") -> dict:
     """What the report says a gate saw: where it ran, the CPU class and the features."""
-    return {"where": where, "cpu_class": info.cpu_class, "arch": info.arch,
-            "features": list(info.features)}
+    return {
+        "where": where,
+        "cpu_class": info.cpu_class,
+        "arch": info.arch,
+        "features": list(info.features),
+    }
 
 
 def needs_avx2_gate(cpu_class: str, info: CpuInfo) -> bool:
     """A portable file judged on VNNI kernels only has not met the kernels it promises."""
-    return cpu_class == "portable" and info.arch in ("x86_64", "AMD64") and \
-        info.cpu_class == "vnni"
+    return cpu_class == "portable" and info.arch in ("x86_64", "AMD64") and info.cpu_class == "vnni"
 
 
-def emulated_logits(model: Path, batch: np.ndarray, input_name: str, output_name: str,
-                    timeout: float) -> tuple[np.ndarray, CpuInfo, float]:
+def emulated_logits(
+    model: Path, batch: np.ndarray, input_name: str, output_name: str, timeout: float
+) -> tuple[np.ndarray, CpuInfo, float]:
     """(N, C) logits of `model` on `batch` under AVX2 kernels, the CpuInfo the emulated
     process read from CPUID, and the seconds it took. EmulationError when it cannot run."""
     qemu = shutil.which(QEMU)
     if qemu is None:
-        raise EmulationError(f"{QEMU} not found (Debian: apt-get install qemu-user; "
-                             "`make test-deps` installs it)")
+        raise EmulationError(
+            f"{QEMU} not found (Debian: apt-get install qemu-user; `make test-deps` installs it)"
+        )
     # The real interpreter, not the venv's symlink: under qemu the venv is found through
     # PYTHONPATH instead (../shared/FIELD-NOTES.md).
     python = os.path.realpath(sys.executable)
@@ -69,17 +74,34 @@ def emulated_logits(model: Path, batch: np.ndarray, input_name: str, output_name
         started = time.perf_counter()
         try:
             result = subprocess.run(
-                [qemu, "-cpu", EMULATED_CPU, python, "-m", "export.kernels", str(model),
-                 str(batch_path), str(out_path), "--input", input_name, "--output", output_name],
-                capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                [
+                    qemu,
+                    "-cpu",
+                    EMULATED_CPU,
+                    python,
+                    "-m",
+                    "export.kernels",
+                    str(model),
+                    str(batch_path),
+                    str(out_path),
+                    "--input",
+                    input_name,
+                    "--output",
+                    output_name,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=REPO_ROOT,
                 env={**os.environ, "PYTHONPATH": path},
             )
         except subprocess.TimeoutExpired:
             raise EmulationError(f"the emulated run took over {timeout:.0f} s") from None
         seconds = time.perf_counter() - started
         if result.returncode != 0:
-            tail = "\n".join(line for line in result.stderr.splitlines()
-                             if not line.startswith(_QEMU_NOISE))[-2000:]
+            tail = "\n".join(
+                line for line in result.stderr.splitlines() if not line.startswith(_QEMU_NOISE)
+            )[-2000:]
             raise EmulationError(f"the emulated run exited {result.returncode}: {tail}")
         with np.load(out_path) as out:
             logits = out["logits"]
@@ -88,8 +110,9 @@ def emulated_logits(model: Path, batch: np.ndarray, input_name: str, output_name
     return logits, info, seconds
 
 
-def compare(p32: np.ndarray, p8: np.ndarray, labels: np.ndarray, threshold: float,
-            positive: int, split: str) -> dict:
+def compare(
+    p32: np.ndarray, p8: np.ndarray, labels: np.ndarray, threshold: float, positive: int, split: str
+) -> dict:
     """FP32 vs INT8 probabilities in the shape export/evaluate.accuracy_gate judges."""
     from training.metrics import binary_metrics  # scikit-learn: not under emulation
 
@@ -98,8 +121,10 @@ def compare(p32: np.ndarray, p8: np.ndarray, labels: np.ndarray, threshold: floa
     same = (p32[:, positive] >= threshold) == (p8[:, positive] >= threshold)
     diff = np.abs(p32[:, positive] - p8[:, positive])
     return {
-        "split": split, "images": len(labels),
-        "fp32": {"accuracy": m32["accuracy"]}, "int8": {"accuracy": m8["accuracy"]},
+        "split": split,
+        "images": len(labels),
+        "fp32": {"accuracy": m32["accuracy"]},
+        "int8": {"accuracy": m8["accuracy"]},
         "accuracy_drop_pp": 100.0 * (m32["accuracy"] - m8["accuracy"]),
         "top1_agreement": float(same.mean()),
         "mean_abs_positive_diff": float(diff.mean()),
@@ -122,8 +147,12 @@ def _run(argv: list[str] | None = None) -> int:
     options.intra_op_num_threads = 2  # each thread is one emulated CPU of the host's
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
     batch = np.load(args.batch)
-    logits = np.concatenate([session.run([args.output], {args.input: batch[i : i + 8]})[0]
-                             for i in range(0, len(batch), 8)])
+    logits = np.concatenate(
+        [
+            session.run([args.output], {args.input: batch[i : i + 8]})[0]
+            for i in range(0, len(batch), 8)
+        ]
+    )
     info = cpu_info()
     seen = {"arch": info.arch, "features": list(info.features), "error": info.error}
     np.savez(args.out, logits=logits, cpu=np.array(json.dumps(seen)))

@@ -692,7 +692,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "lambda/Dockerfile with --model and push it)")
     dep.add_argument("--model", default=DEFAULT_MODEL,
                      help="ONNX file baked into the image; it must lie inside the repository "
-                          "(the build context), relative to its root or absolute")
+                          "(the build context), relative to its root or absolute. A vnni INT8 "
+                          "file (export --cpu-class vnni) needs --architecture arm64: Lambda "
+                          "x86_64 does not say which CPU runs it")
     dep.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"),
                      help="image tag to push; tags are immutable, so a tag that holds "
                           "another image is refused (default: a timestamp)")

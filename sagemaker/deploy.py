@@ -597,7 +597,9 @@ def _add_deploy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrency", type=int, default=5,
                         help="serverless max concurrent invocations")
     parser.add_argument("--instance-type", default="ml.m5.large",
-                        help="real-time instance type")
+                        help="real-time instance type; a vnni INT8 file needs one with VNNI "
+                             "or Graviton (ml.c6i, ml.c7i, ml.m7i, ml.c7a, ml.c7g …), the "
+                             "portable file fits all (docs/aws.md)")
     parser.add_argument("--instance-count", type=int, default=1,
                         help="real-time initial instance count")
     parser.add_argument("--workers", type=int, default=None,

@@ -46,20 +46,24 @@ EMULATED_START_TIMEOUT = 180
 def _require_qemu() -> str:
     qemu = shutil.which(QEMU)
     if qemu is None:
-        unavailable(f"{QEMU} is not installed (Debian: apt-get install qemu-user; "
-                    "`make test-deps` does it)")
+        unavailable(
+            f"{QEMU} is not installed (Debian: apt-get install qemu-user; `make test-deps` does it)"
+        )
     if cpu_info().arch != "x86_64":
-        pytest.skip(f"{QEMU} -cpu Haswell emulates an x86 CPU for x86 programs; this is "
-                    f"{cpu_info().arch}")
+        pytest.skip(
+            f"{QEMU} -cpu Haswell emulates an x86 CPU for x86 programs; this is {cpu_info().arch}"
+        )
     return qemu
 
 
 def _require_vnni() -> None:
     info = cpu_info()
     if info.cpu_class != "vnni":
-        reason = (f"needs a CPU with AVX-512 VNNI, AVX-VNNI, AMX or the Arm dot product to "
-                  f"measure the vnni file on its own kernels; this {info.arch} CPU has "
-                  f"{' '.join(info.features) or 'none of them'} (CPUID)")
+        reason = (
+            f"needs a CPU with AVX-512 VNNI, AVX-VNNI, AMX or the Arm dot product to "
+            f"measure the vnni file on its own kernels; this {info.arch} CPU has "
+            f"{' '.join(info.features) or 'none of them'} (CPUID)"
+        )
         print(f"SKIPPED: {reason}")
         pytest.skip(reason)
 
@@ -71,16 +75,29 @@ def _emulated_env(**values: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def vnni_export(exported: dict, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                ) -> dict:
+def vnni_export(exported: dict, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The fixture model's INT8 file for the `vnni` class, from the same checkpoint."""
     out = tmp_path_factory.mktemp("vnni")
-    run_cli(str(REPO_ROOT / "export" / "to_onnx.py"), "--checkpoint",
-            str(exported["checkpoint"]), "--no-mlflow", "--data-dir", str(sample_dir),
-            "--out", str(out), "--calibration-size", "16", "--allow-degraded",
-            "--cpu-class", "vnni")
-    return {"int8": out / "model.int8.vnni.onnx", "fp32": out / "model.onnx",
-            "report": json.loads((out / "export_report.json").read_text())}
+    run_cli(
+        str(REPO_ROOT / "export" / "to_onnx.py"),
+        "--checkpoint",
+        str(exported["checkpoint"]),
+        "--no-mlflow",
+        "--data-dir",
+        str(sample_dir),
+        "--out",
+        str(out),
+        "--calibration-size",
+        "16",
+        "--allow-degraded",
+        "--cpu-class",
+        "vnni",
+    )
+    return {
+        "int8": out / "model.int8.vnni.onnx",
+        "fp32": out / "model.onnx",
+        "report": json.loads((out / "export_report.json").read_text()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +107,14 @@ def images(sample_dir: Path) -> list[Path]:
 
 # --- export: the class in the file and in the report -------------------------------------------
 
+
 def test_each_class_is_in_the_file_and_the_report(exported: dict, vnni_export: dict) -> None:
     portable = read_metadata(exported["int8"]).quantization
     assert (portable["cpu_class"], portable["reduce_range"], portable["cpu_requires_any"]) == (
-        "portable", True, [])
+        "portable",
+        True,
+        [],
+    )
     vnni = read_metadata(vnni_export["int8"]).quantization
     assert (vnni["cpu_class"], vnni["reduce_range"]) == ("vnni", False)
     assert set(vnni["cpu_requires_any"]) == {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}
@@ -130,10 +151,24 @@ def test_portable_report_says_which_kernels_each_gate_saw(exported: dict) -> Non
 
 def test_cli_rejects_an_unknown_class(exported: dict, sample_dir: Path, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "export" / "to_onnx.py"), "--checkpoint",
-         str(exported["checkpoint"]), "--no-mlflow", "--data-dir", str(sample_dir), "--out",
-         str(tmp_path), "--cpu-class", "vnnii"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            str(REPO_ROOT / "export" / "to_onnx.py"),
+            "--checkpoint",
+            str(exported["checkpoint"]),
+            "--no-mlflow",
+            "--data-dir",
+            str(sample_dir),
+            "--out",
+            str(tmp_path),
+            "--cpu-class",
+            "vnnii",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 2
     assert "--cpu-class: invalid choice: 'vnnii'" in result.stderr and "'vnni'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -141,8 +176,10 @@ def test_cli_rejects_an_unknown_class(exported: dict, sample_dir: Path, tmp_path
 
 # --- what each class buys, on the kernels it is for --------------------------------------------
 
-def test_vnni_file_is_closer_to_fp32_on_a_vnni_cpu(exported: dict, vnni_export: dict,
-                                                   images: list[Path]) -> None:
+
+def test_vnni_file_is_closer_to_fp32_on_a_vnni_cpu(
+    exported: dict, vnni_export: dict, images: list[Path]
+) -> None:
     _require_vnni()
     fp32 = InferenceModel(exported["fp32"])
     batch = load_batch(images, fp32.metadata.preprocessing)
@@ -151,15 +188,17 @@ def test_vnni_file_is_closer_to_fp32_on_a_vnni_cpu(exported: dict, vnni_export: 
     errors = {}
     for name, path in (("portable", exported["int8"]), ("vnni", vnni_export["int8"])):
         errors[name] = np.abs(onnx_probabilities(InferenceModel(path), batch)[:, positive] - p32)
-    print({name: (round(float(e.mean()), 4), round(float(e.max()), 4))
-           for name, e in errors.items()})
+    print(
+        {name: (round(float(e.mean()), 4), round(float(e.max()), 4)) for name, e in errors.items()}
+    )
     # Full 8-bit weights are the point of the class: clearly closer to FP32 than 7-bit ones.
     assert errors["vnni"].mean() < 0.8 * errors["portable"].mean(), errors
     assert errors["vnni"].mean() < 0.01 and errors["vnni"].max() < 0.1
 
 
 def test_portable_file_is_bit_identical_under_avx2_kernels(
-        exported: dict, vnni_export: dict, images: list[Path]) -> None:
+    exported: dict, vnni_export: dict, images: list[Path]
+) -> None:
     """The same logits from AVX2 kernels (emulated Haswell) as from this machine's; the
     full-range file, on the same images, is not: that difference is the saturation."""
     _require_qemu()
@@ -167,35 +206,56 @@ def test_portable_file_is_bit_identical_under_avx2_kernels(
     meta = model.metadata
     batch = load_batch(images[:12], meta.preprocessing)
     native = model.session.run([meta.output_name], {meta.input_name: batch})[0]
-    emulated, seen, _ = emulated_logits(model.path, batch, meta.input_name, meta.output_name,
-                                        timeout=300)
+    emulated, seen, _ = emulated_logits(
+        model.path, batch, meta.input_name, meta.output_name, timeout=300
+    )
     assert seen.cpu_class == "portable" and "avx2" in seen.features, seen
     assert "avx512f" not in seen.features, seen  # CPUID under qemu, not /proc/cpuinfo
     assert np.array_equal(emulated, native), np.abs(emulated - native).max()
     if cpu_info().cpu_class == "vnni":  # two kernel families to tell apart only here
         vnni = InferenceModel(vnni_export["int8"])
         full = vnni.session.run([meta.output_name], {meta.input_name: batch})[0]
-        saturated, _, _ = emulated_logits(vnni.path, batch, meta.input_name, meta.output_name,
-                                          timeout=300)
+        saturated, _, _ = emulated_logits(
+            vnni.path, batch, meta.input_name, meta.output_name, timeout=300
+        )
         assert not np.array_equal(saturated, full)
 
 
 # --- the server knows its CPU ------------------------------------------------------------------
 
+
 def test_cpu_features_are_cpuid_not_proc_cpuinfo() -> None:
     """Natively CPUID and /proc/cpuinfo agree; under qemu only CPUID follows the emulated CPU."""
     info = cpu_info()
     if info.arch == "x86_64":
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
+        flags = set(
+            next(
+                line
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            )
+            .split(":", 1)[1]
+            .split()
+        )
         for name in ("avx2", "avx512f", "avx512_vnni"):
             assert (name in info.features) == (name in flags), name
     qemu = _require_qemu()
     result = subprocess.run(
-        [qemu, "-cpu", "Haswell", os.path.realpath(sys.executable), "-c",
-         "import json; from services.core.cpus import cpu_info; "
-         "print(json.dumps(cpu_info().to_dict()))"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=_emulated_env())
+        [
+            qemu,
+            "-cpu",
+            "Haswell",
+            os.path.realpath(sys.executable),
+            "-c",
+            "import json; from services.core.cpus import cpu_info; "
+            "print(json.dumps(cpu_info().to_dict()))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=_emulated_env(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["class"] == "portable" and "avx2" in seen["features"], seen
@@ -204,8 +264,11 @@ def test_cpu_features_are_cpuid_not_proc_cpuinfo() -> None:
 
 def test_metadata_metrics_and_startup_line_show_the_cpu(model_int8_path: Path, capfd) -> None:
     app = create_app({"MODEL_PATH": str(model_int8_path)})
-    startup = [json.loads(line) for line in capfd.readouterr().err.splitlines()
-               if '"event": "startup"' in line]
+    startup = [
+        json.loads(line)
+        for line in capfd.readouterr().err.splitlines()
+        if '"event": "startup"' in line
+    ]
     expected = cpu_info().to_dict()
     assert startup and startup[-1]["cpu"] == expected
     client = app.test_client()
@@ -214,21 +277,44 @@ def test_metadata_metrics_and_startup_line_show_the_cpu(model_int8_path: Path, c
     assert described["quantization"]["cpu_class"] == "portable"
     body = client.get("/metrics").get_data(as_text=True)
     info = cpu_info()
-    assert (f'mhist_cpu_info{{arch="{info.arch}",cpu_class="{info.cpu_class}",'
-            f'features="{" ".join(info.features)}"}} 1.0') in body
+    assert (
+        f'mhist_cpu_info{{arch="{info.arch}",cpu_class="{info.cpu_class}",'
+        f'features="{" ".join(info.features)}"}} 1.0'
+    ) in body
 
 
-def _serve(model: Path, tmp_path: Path, emulated: bool = False, timeout: float = START_TIMEOUT,
-           **settings: str) -> subprocess.CompletedProcess:
+def _serve(
+    model: Path,
+    tmp_path: Path,
+    emulated: bool = False,
+    timeout: float = START_TIMEOUT,
+    **settings: str,
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "services.runtime.server"]
     if emulated:
-        command = [_require_qemu(), "-cpu", "Haswell", os.path.realpath(sys.executable),
-                   *command[1:]]
+        command = [
+            _require_qemu(),
+            "-cpu",
+            "Haswell",
+            os.path.realpath(sys.executable),
+            *command[1:],
+        ]
     env = _emulated_env if emulated else (lambda **v: {**os.environ, **v})
     return subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-        env=env(MODEL_PATH=str(model), PORT=str(free_port()), HOST="127.0.0.1",
-                WEB_CONCURRENCY="1", PROMETHEUS_MULTIPROC_DIR=str(tmp_path), **settings))
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(
+            MODEL_PATH=str(model),
+            PORT=str(free_port()),
+            HOST="127.0.0.1",
+            WEB_CONCURRENCY="1",
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+            **settings,
+        ),
+    )
 
 
 def _refusal_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -238,8 +324,7 @@ def _refusal_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_server_refuses_a_vnni_file_on_an_avx2_cpu(vnni_export: dict, tmp_path: Path) -> None:
     """The real server under `qemu-x86_64 -cpu Haswell`: one line, gunicorn's status 3."""
     started = time.perf_counter()
-    result = _serve(vnni_export["int8"], tmp_path, emulated=True,
-                    timeout=EMULATED_START_TIMEOUT)
+    result = _serve(vnni_export["int8"], tmp_path, emulated=True, timeout=EMULATED_START_TIMEOUT)
     print(f"refused under emulation in {time.perf_counter() - started:.1f} s")
     assert result.returncode == 3, result.stderr[-3000:]
     (line,) = _refusal_lines(result)
@@ -259,12 +344,27 @@ def test_cpu_class_setting_overrides_cpuid(vnni_export: dict, tmp_path: Path) ->
     qemu = _require_qemu()
     port = free_port()
     process = subprocess.Popen(
-        [qemu, "-cpu", "Haswell", os.path.realpath(sys.executable), "-m",
-         "services.runtime.server"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-        env=_emulated_env(MODEL_PATH=str(vnni_export["int8"]), PORT=str(port),
-                          HOST="127.0.0.1", WEB_CONCURRENCY="1", CPU_CLASS="vnni",
-                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "v")))
+        [
+            qemu,
+            "-cpu",
+            "Haswell",
+            os.path.realpath(sys.executable),
+            "-m",
+            "services.runtime.server",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_emulated_env(
+            MODEL_PATH=str(vnni_export["int8"]),
+            PORT=str(port),
+            HOST="127.0.0.1",
+            WEB_CONCURRENCY="1",
+            CPU_CLASS="vnni",
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "v"),
+        ),
+    )
     try:
         waited = wait_for_http(f"http://127.0.0.1:{port}/ready", EMULATED_START_TIMEOUT)
         print(f"ready under emulation in {waited:.1f} s")
@@ -276,6 +376,7 @@ def test_cpu_class_setting_overrides_cpuid(vnni_export: dict, tmp_path: Path) ->
 
 # --- bad input: one line, never a traceback ----------------------------------------------------
 
+
 def test_unknown_class_in_the_file_is_one_line(model_int8_path: Path, tmp_path: Path) -> None:
     path = tmp_path / "model.int8.onnx"
     shutil.copy(model_int8_path, path)
@@ -285,16 +386,19 @@ def test_unknown_class_in_the_file_is_one_line(model_int8_path: Path, tmp_path: 
     assert result.returncode == 3, result.stderr[-3000:]
     (line,) = _refusal_lines(result)
     assert str(path) in line
-    assert "mhist.quantization.cpu_class 'avx9' is not a CPU class this server knows " \
-           "(portable, vnni)" in line
+    assert (
+        "mhist.quantization.cpu_class 'avx9' is not a CPU class this server knows "
+        "(portable, vnni)" in line
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_class_setting_typo_is_one_line(model_int8_path: Path, tmp_path: Path) -> None:
     result = _serve(model_int8_path, tmp_path, CPU_CLASS="vnnii")
     assert result.returncode == 1
-    assert result.stderr.strip() == ("mhist: cannot start: CPU_CLASS='vnnii' is not valid: "
-                                     "expected one of auto, portable, vnni")
+    assert result.stderr.strip() == (
+        "mhist: cannot start: CPU_CLASS='vnnii' is not valid: expected one of auto, portable, vnni"
+    )
 
 
 def test_unreadable_cpu_features() -> None:
@@ -321,31 +425,48 @@ def test_files_from_before_classes_keep_working() -> None:
 
 # --- deploy scripts: a vnni file only where the CPUs have VNNI or the dot product ---------------
 
+
 def _script(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,
-                          cwd=REPO_ROOT, env={**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"})
+    return subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env={**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"},
+    )
 
 
 def test_lambda_deploy_refuses_a_vnni_file_on_x86_64(vnni_export: dict) -> None:
-    result = _script("lambda/deploy.py", "deploy", "--dry-run", "--model",
-                     str(vnni_export["int8"]), "--architecture", "x86_64")
+    result = _script(
+        "lambda/deploy.py",
+        "deploy",
+        "--dry-run",
+        "--model",
+        str(vnni_export["int8"]),
+        "--architecture",
+        "x86_64",
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Lambda does not say which x86 CPU runs an x86_64 function" in result.stderr
     assert "--architecture arm64" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sagemaker_deploy_refuses_a_vnni_file_on_avx2_instances(
-        vnni_export: dict, tmp_path: Path) -> None:
+    vnni_export: dict, tmp_path: Path
+) -> None:
     archive = tmp_path / "model.tar.gz"
-    packaged = _script("sagemaker/package.py", "--onnx", str(vnni_export["int8"]), "--out",
-                       str(archive))
+    packaged = _script(
+        "sagemaker/package.py", "--onnx", str(vnni_export["int8"]), "--out", str(archive)
+    )
     assert packaged.returncode == 0, packaged.stderr
-    for where, expected in ((("--instance-type", "ml.c6a.xlarge"), "ml.c6a.xlarge has CPUs "
-                             "without VNNI"),
-                            (("--serverless",), "serverless endpoints do not say which x86 "
-                             "CPU")):
-        result = _script("sagemaker/deploy.py", "deploy", "--dry-run", "--model-tar",
-                         str(archive), *where)
+    for where, expected in (
+        (("--instance-type", "ml.c6a.xlarge"), "ml.c6a.xlarge has CPUs without VNNI"),
+        (("--serverless",), "serverless endpoints do not say which x86 CPU"),
+    ):
+        result = _script(
+            "sagemaker/deploy.py", "deploy", "--dry-run", "--model-tar", str(archive), *where
+        )
         assert result.returncode == 2, result.stdout + result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
 
@@ -353,8 +474,14 @@ def test_sagemaker_deploy_refuses_a_vnni_file_on_avx2_instances(
 def test_instance_families_by_class() -> None:
     from awsdeploy.cpu_classes import instance_misfit, lambda_misfit
 
-    for fits in ("ml.c6i.large", "c7i.xlarge", "ml.m7i.2xlarge", "ml.c7a.large", "ml.c7g.large",
-                 "m6g.large"):
+    for fits in (
+        "ml.c6i.large",
+        "c7i.xlarge",
+        "ml.m7i.2xlarge",
+        "ml.c7a.large",
+        "ml.c7g.large",
+        "m6g.large",
+    ):
         assert instance_misfit(fits, "vnni") is None, fits
     for avx2_only in ("ml.c6a.large", "c5a.xlarge", "ml.m5.large", "t3.micro"):
         assert "deploy the portable file" in instance_misfit(avx2_only, "vnni"), avx2_only

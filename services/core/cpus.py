@@ -36,13 +36,19 @@ class CpuClass:
 
 CPU_CLASSES = {
     "portable": CpuClass(
-        "portable", True, (),
+        "portable",
+        True,
+        (),
         "u8 activations × s8 weights with reduce_range (7-bit weights): the same answers on "
-        "every CPU, AVX2-only ones included"),
+        "every CPU, AVX2-only ones included",
+    ),
     "vnni": CpuClass(
-        "vnni", False, VNNI_FEATURES,
+        "vnni",
+        False,
+        VNNI_FEATURES,
         "u8 × s8 with full 8-bit weights: closer to FP32, for x86 with AVX-512 VNNI, AVX-VNNI "
-        "or AMX and Arm with the dot product; on AVX2-only CPUs its sums saturate"),
+        "or AMX and Arm with the dot product; on AVX2-only CPUs its sums saturate",
+    ),
 }
 DEFAULT_CLASS = "portable"
 # The CPU_CLASS setting: `auto` reads CPUID; a class name says what to take this CPU for.
@@ -53,10 +59,21 @@ CLASS_SETTING_VALUES = ("auto", *CPU_CLASSES)
 # with AVX-VNNI but not AVX-512 VNNI (Intel client cores since Alder Lake) reads as portable,
 # the safe side; CPU_CLASS=vnni says otherwise.
 _FEATURE_NAMES = {
-    "SSE41": "sse4_1", "SSE42": "sse4_2", "AVX": "avx", "FMA3": "fma", "AVX2": "avx2",
-    "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX512VL": "avx512vl",
-    "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
-    "ASIMD": "asimd", "ASIMDHP": "asimdhp", "ASIMDDP": "asimddp", "ASIMDFHM": "asimdfhm",
+    "SSE41": "sse4_1",
+    "SSE42": "sse4_2",
+    "AVX": "avx",
+    "FMA3": "fma",
+    "AVX2": "avx2",
+    "AVX512F": "avx512f",
+    "AVX512BW": "avx512bw",
+    "AVX512VL": "avx512vl",
+    "AVX512VNNI": "avx512_vnni",
+    "AVX512BF16": "avx512_bf16",
+    "AVX512FP16": "avx512_fp16",
+    "ASIMD": "asimd",
+    "ASIMDHP": "asimdhp",
+    "ASIMDDP": "asimddp",
+    "ASIMDFHM": "asimdfhm",
     "SVE": "sve",
 }
 
@@ -96,8 +113,12 @@ class CpuInfo:
         return "vnni" if set(VNNI_FEATURES) & set(self.features) else "portable"
 
     def to_dict(self) -> dict:
-        out = {"arch": self.arch, "class": self.cpu_class, "features": list(self.features),
-               "source": self.source}
+        out = {
+            "arch": self.arch,
+            "class": self.cpu_class,
+            "features": list(self.features),
+            "source": self.source,
+        }
         return {**out, "error": self.error} if self.error else out
 
 
@@ -119,8 +140,11 @@ def cpu_info() -> CpuInfo:
         try:
             from numpy.core._multiarray_umath import __cpu_features__ as table
         except ImportError as exc:
-            return CpuInfo(platform.machine() or "unknown", (),
-                           error=f"numpy's CPU feature table cannot be imported ({exc})")
+            return CpuInfo(
+                platform.machine() or "unknown",
+                (),
+                error=f"numpy's CPU feature table cannot be imported ({exc})",
+            )
     return read_features(dict(table))
 
 
@@ -137,12 +161,14 @@ def model_cpu_class(quantization: dict) -> str | None:
         raise CpuClassError(
             f"mhist.quantization.cpu_class {name!r} is not a CPU class this server knows "
             f"({', '.join(CPU_CLASSES)}); export the file again with --cpu-class, or update "
-            "the server")
+            "the server"
+        )
     return name
 
 
-def check_cpu_class(quantization: dict, claimed: str = "auto",
-                    info: CpuInfo | None = None) -> str | None:
+def check_cpu_class(
+    quantization: dict, claimed: str = "auto", info: CpuInfo | None = None
+) -> str | None:
     """CpuClassError when the file's class needs features this CPU lacks, or when they cannot
     be read and the file needs any; else the file's class (None for FP32).
 
@@ -157,19 +183,22 @@ def check_cpu_class(quantization: dict, claimed: str = "auto",
         raise CpuClassError(
             f"the file is INT8 for CPU class {needed!r} but CPU_CLASS={claimed} says this CPU "
             f"is {claimed!r}: serve an INT8 file exported with --cpu-class {claimed}, or unset "
-            "CPU_CLASS to judge by CPUID")
+            "CPU_CLASS to judge by CPUID"
+        )
     info = info or cpu_info()
     needs = " or ".join(CPU_CLASSES[needed].requires_any)
     if info.error:
         raise CpuClassError(
             f"the file is INT8 for CPU class {needed!r} (needs {needs}), and this CPU's "
             f"features cannot be read: {info.error}. Set CPU_CLASS=vnni if this CPU has them, "
-            "or serve the portable INT8 file (export --cpu-class portable)")
+            "or serve the portable INT8 file (export --cpu-class portable)"
+        )
     if info.cpu_class != needed:
         raise CpuClassError(
             f"the file is INT8 for CPU class {needed!r} (needs {needs}) but this {info.arch} "
             f"CPU has only {' '.join(info.features) or 'none of the features'} (CPUID): its "
             "u8×s8 sums would saturate and the answers drift from FP32 without an error. "
             "Serve the portable INT8 file (export --cpu-class portable) or FP32, or set "
-            "CPU_CLASS=vnni if CPUID is wrong about this CPU")
+            "CPU_CLASS=vnni if CPUID is wrong about this CPU"
+        )
     return needed
