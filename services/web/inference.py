@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from flask import Flask, Response, has_request_context, jsonify
+from flask import Flask, Response, has_request_context
 
 from services.core.errors import ServiceError
 from services.core.model import InferenceModel, batch_response
 from services.core.stages import collect, stage
 from services.web.hooks import note_inference
 from services.web.payload import BatchItem
+from services.web.responses import json_response
 from services.web.state import Runtime, runtime
 
 
@@ -78,7 +79,7 @@ class Inference:
                 data = read()
             result = self.one(data, endpoint, explain)
             with stage("serialise"):
-                response = jsonify(result)
+                response = json_response(result)
         self._runtime.metrics.observe_stages(seconds)
         return response
 
