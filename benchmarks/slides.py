@@ -135,8 +135,10 @@ class TorchTileModel:
         self.sha256 = sha256_file(checkpoint)
         self.session = _TorchSession(run)
         self.explainer = None  # no class activation maps: the slide path never asks for them
-        self.predict_images = InferenceModel.predict_images.__get__(self)
-        self.predict_array = InferenceModel.predict_array.__get__(self)
+        # Bound as InferenceModel's own methods, so each tile gets the same checks (quality,
+        # not_assessable) whichever runtime computed its logits.
+        for name in ("predict_images", "predict_array", "_checked"):
+            setattr(self, name, getattr(InferenceModel, name).__get__(self))
 
 
 def _load_model(args: argparse.Namespace):
