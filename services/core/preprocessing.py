@@ -341,16 +341,18 @@ def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """RGB image → (3, S, S) float32, scaled and standardised like ToTensor + Normalize.
 
     The same float32 operations in the same order as torchvision ((x / pixel_max - mean) /
-    std), so the same bits, written channel by channel straight into the channel-first array.
-    Pillow's `split` hands each channel over as a contiguous plane (one C pass); numpy reading
-    a channel out of the interleaved (S, S, 3) array is a strided read that does not
-    vectorise: 0.08 ms instead of 0.25 at 224 px here (interleaved rounds, ×3.2), and no
-    (S, S, 3) float copy or transpose pass either way.
+    std), so the same bits, but written channel by channel straight into the channel-first
+    array: no (S, S, 3) float copy and no transpose pass (0.2 ms instead of 0.69 at 224 px
+    here).
     """
+    pixels = np.asarray(img)  # (S, S, 3) uint8
     pixel_max = np.float32(spec.pixel_max)
-    array = np.empty((3, img.size[1], img.size[0]), dtype=np.float32)  # (3, S, S)
-    for plane, band, mean, std in zip(array, img.split(), spec.mean, spec.std, strict=True):
-        np.divide(np.asarray(band), pixel_max, out=plane, dtype=np.float32, casting="unsafe")
+    array = np.empty((3, *pixels.shape[:2]), dtype=np.float32)  # (3, S, S)
+    for channel, (mean, std) in enumerate(zip(spec.mean, spec.std, strict=True)):
+        # A 2-D strided read per channel vectorises; transposing the whole image does not.
+        plane = array[channel]
+        np.divide(pixels[:, :, channel], pixel_max, out=plane, dtype=np.float32,
+                  casting="unsafe")
         plane -= np.float32(mean)
         plane /= np.float32(std)
     return array
