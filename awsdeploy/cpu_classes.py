@@ -109,19 +109,27 @@ def family(instance_type: str) -> str:
 
 
 def file_class(model: Path) -> str | None:
-    """The CPU class of an ONNX file (None: FP32); ValueError for an unknown class."""
+    """The CPU class of an ONNX file (None: FP32, or not an ONNX file); ValueError for an
+    unknown class."""
     import onnx  # only the deploy scripts need it, and only here
 
-    proto = onnx.load(str(model), load_external_data=False)
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        return None  # nothing to check here; the deploy's own checks and the server say why
     props = {p.key: p.value for p in proto.metadata_props}
     return _class(json.loads(props.get("mhist.quantization", "{}")), str(model))
 
 
 def archive_class(archive: Path, manifest: str) -> str | None:
-    """The CPU class recorded in a SageMaker model.tar.gz's manifest (sagemaker/package.py)."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile(manifest)
-        data = json.loads(member.read()) if member else {}
+    """The CPU class recorded in a SageMaker model.tar.gz's manifest (sagemaker/package.py);
+    None for FP32 or an archive without a manifest (the server still checks at start)."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile(manifest)
+            data = json.loads(member.read()) if member else {}
+    except (tarfile.TarError, KeyError, ValueError):
+        return None  # not package.py's archive: the endpoint's own start-up checks it
     return _class((data.get("metadata") or {}).get("quantization") or {}, str(archive))
 
 

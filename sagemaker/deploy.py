@@ -123,7 +123,7 @@ def _check_cpu_class(ctx: Context, archive: Path) -> None:
     args = ctx.args
     try:
         cpu_class = cpu_classes.archive_class(archive, MANIFEST_FILE)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError) as exc:
         raise UsageError(f"--model-tar {exc}") from None
     if args.serverless:
         misfit = cpu_classes.lambda_misfit("x86_64", cpu_class)
