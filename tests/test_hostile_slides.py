@@ -28,8 +28,8 @@ from tests.support.slides import TIFF_TILE, tissue_canvas, write_pyramid
 CELL_PX = 224  # as tests/test_slides.py: 448 µm a cell at 2.0 µm/px, level 0 at 0.5 µm/px
 CANVAS_MPP, LEVEL0_MPP = 2.0, 0.5
 TABLE_HEADER = ["slide", "path", "output", "status", "error", "tiles_analysed",
-                "tissue_area_mm2", "positive_class", "fraction_positive", "max_probability",
-                "top_region_mm2", "seconds"]
+                "tissue_area_mm2", "positive_class", "fraction_positive", "assessable_share",
+                "decision", "max_probability", "top_region_mm2", "seconds"]
 OUTPUT_SUFFIXES = (".tiles.csv", ".geojson", ".heatmap.png", ".summary.json")
 
 
