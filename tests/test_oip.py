@@ -137,3 +137,21 @@ def test_the_token_guards_v2_but_not_its_probes(model_int8_path: Path) -> None:
     refused = client.get("/v2")
     assert refused.status_code == 401 and isinstance(refused.get_json()["error"], str)
     assert client.get("/v2", headers={"Authorization": "Bearer t0k"}).status_code == 200
+
+
+def test_without_a_model_the_process_is_live_but_not_ready(tmp_path: Path) -> None:
+    """MODEL_REQUIRED=0 and no file yet: liveness 200, readiness and every model route 503,
+    in the protocol's shape (KServe keeps such a pod out of the service, and alive)."""
+    from services.web.app import create_app
+
+    app = create_app({"MODEL_PATH": str(tmp_path / "later.onnx"), "MODEL_REQUIRED": "0"})
+    client = app.test_client()
+    assert client.get("/v2/health/live").get_json() == {"live": True}
+    for method, path in (
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/mhist-resnet18"),
+        ("POST", "/v2/models/mhist-resnet18/infer"),
+    ):
+        reply = client.open(path, method=method, data=b"{}")
+        assert reply.status_code == 503, (path, reply.get_data())
+        assert isinstance(reply.get_json()["error"], str), path
