@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from services.core.cpus import add_cpu_class_argument
 from services.core.errors import ModelLoadError
 from services.core.model import InferenceModel
 from services.core.quality import SYNTHETIC_TRAINING
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounded line per image for people, then its input warnings in words (the model's "
         "synthetic-training notice once, on stderr)",
     )
+    add_cpu_class_argument(parser)
     args = parser.parse_args(argv)
     try:
-        model = InferenceModel(args.model)
+        model = InferenceModel(args.model, cpu_class=args.cpu_class)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

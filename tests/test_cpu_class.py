@@ -489,3 +489,34 @@ def test_instance_families_by_class() -> None:
         assert instance_misfit(avx2_only, None) is None  # FP32
     assert lambda_misfit("arm64", "vnni") is None and lambda_misfit("x86_64", "portable") is None
     assert lambda_misfit("x86_64", "vnni")
+
+
+# --- the command lines refuse what the server refuses -------------------------------------------
+
+
+def test_predict_cli_refuses_a_vnni_file_on_an_avx2_cpu(
+    vnni_export: dict, images: list[Path]
+) -> None:
+    """`python -m services.predict` under emulated Haswell: exit 2 and one line, no answers."""
+    result = subprocess.run(
+        [_require_qemu(), "-cpu", "Haswell", os.path.realpath(sys.executable),
+         "-m", "services.predict", "--model", str(vnni_export["int8"]), str(images[0])],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=EMULATED_START_TIMEOUT,
+        env=_emulated_env(),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == ""
+    # qemu's own warnings (features its TCG lacks) come first; ours is one line
+    (line,) = [ln for ln in result.stderr.splitlines() if not ln.startswith("qemu-x86_64:")]
+    assert line.startswith("error: model file ") and "CPU class 'vnni'" in line
+
+
+def test_slides_cli_takes_the_cpu_class_argument(vnni_export: dict, tmp_path: Path) -> None:
+    """`--cpu-class portable` says this CPU lacks VNNI: the slide CLI refuses the vnni file
+    before it looks for any slide."""
+    refused = _script("-m", "services.slides", str(tmp_path / "none.svs"), "--model",
+                      str(vnni_export["int8"]), "--out", str(tmp_path / "out"),
+                      "--cpu-class", "portable")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "CPU_CLASS=portable says this CPU is 'portable'" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -11,6 +11,7 @@ runtime dispatch table: /proc/cpuinfo shows the host's flags even under emulatio
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from dataclasses import dataclass
@@ -202,3 +203,12 @@ def check_cpu_class(
             "CPU_CLASS=vnni if CPUID is wrong about this CPU"
         )
     return needed
+
+
+def add_cpu_class_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cpu-class` for the command lines: the server's CPU_CLASS setting, as an argument."""
+    parser.add_argument(
+        "--cpu-class", choices=CLASS_SETTING_VALUES, default="auto",
+        help="what to take this CPU for: auto reads CPUID; an INT8 file made for a class this "
+        "CPU is not (a vnni file on an AVX2-only CPU) is refused, as the server refuses it",
+    )

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from services.core import contracts
-from services.core.cpus import cpu_info, default_threads
+from services.core.cpus import CpuClassError, check_cpu_class, cpu_info, default_threads
 from services.core.errors import ModelLoadError, ServiceError
 from services.core.explain import CamExplainer
 from services.core.explain import unavailable as explain_unavailable
@@ -127,7 +127,11 @@ class InferenceModel:
         threads: int | None = None,
         spinning: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        cpu_class: str = "auto",
     ) -> None:
+        """`cpu_class`: what to take this CPU for (services/core/cpus.py): `auto` reads CPUID.
+        An INT8 file for a class this CPU is not refuses to load (ModelLoadError): a full-range
+        file on an AVX2-only CPU would answer wrong, silently, in every caller (server, CLIs)."""
         self.path = Path(path)
         self.max_pixels = max_pixels
         self.threads = threads or default_threads()
@@ -135,6 +139,7 @@ class InferenceModel:
         started = time.perf_counter()
         self.session = _load_session(self.path, session_options(self.threads, spinning))
         self.metadata = _read_metadata(self.path, self.session)
+        self.cpu_class = _cpu_class(self.path, self.metadata, cpu_class)
         self.explainer = _explainer(self.path, self.session, self.metadata)
         self.load_seconds = time.perf_counter() - started
 
@@ -295,6 +300,13 @@ def _load_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessi
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable files
         raise ModelLoadError(f"model file {path} is not a loadable ONNX model: {exc}") from None
+
+
+def _cpu_class(path: Path, metadata: ModelMetadata, claimed: str) -> str | None:
+    try:
+        return check_cpu_class(metadata.quantization, claimed)
+    except CpuClassError as exc:
+        raise ModelLoadError(f"model file {path}: {exc}") from None
 
 
 def _explainer(path: Path, session: ort.InferenceSession,

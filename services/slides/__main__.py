@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.core.cpus import default_threads
+from services.core.cpus import add_cpu_class_argument, default_threads
 from services.core.errors import ModelLoadError, ServiceError
 from services.core.model import InferenceModel
 from services.slides.outputs import printable, shown, write_table
@@ -69,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "tiles; a slide declaring more fails before any pixel is read")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar per slide")
+    add_cpu_class_argument(p)
     return p
 
 
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {shown(str(args.out))}: {problem}", file=sys.stderr)
         return 2
     try:
-        model = InferenceModel(args.model, threads=args.threads or default_threads())
+        model = InferenceModel(args.model, threads=args.threads or default_threads(),
+                               cpu_class=args.cpu_class)
     except ModelLoadError as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from services.core.cpus import CpuClassError, check_cpu_class
 from services.core.errors import ModelLoadError, ServiceError
 from services.core.model import InferenceModel
 from services.web.metrics import Metrics
@@ -61,9 +60,9 @@ class ModelState:
             try:
                 model = InferenceModel(settings.model_path or "", threads=settings.ort_threads,
                                        spinning=settings.ort_spinning,
-                                       max_pixels=settings.max_image_pixels)
+                                       max_pixels=settings.max_image_pixels,
+                                       cpu_class=settings.cpu_class)
                 _check_digest(model, settings.model_sha256)
-                _check_cpu_class(model, settings.cpu_class)
             except ModelLoadError as exc:
                 self.error = str(exc)
                 self.public_error = (
@@ -97,14 +96,6 @@ def _check_digest(model: InferenceModel, expected: str | None) -> None:
             "SageMaker archive's manifest.json): the file is corrupt or was edited; rebuild "
             "the archive with `python sagemaker/package.py`"
         )
-
-
-def _check_cpu_class(model: InferenceModel, claimed: str) -> None:
-    """A full-range INT8 file on a CPU without VNNI answers wrong, silently: refuse it."""
-    try:
-        check_cpu_class(model.metadata.quantization, claimed)
-    except CpuClassError as exc:
-        raise ModelLoadError(f"model file {model.path}: {exc}") from None
 
 
 @dataclass(frozen=True)
