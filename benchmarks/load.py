@@ -45,6 +45,7 @@ class Response:
     status: int
     body: bytes
     seconds: float
+    server_predict_s: float | None = None  # the app's Server-Timing `predict` (model time)
 
     def json(self) -> object:
         return json.loads(self.body)
@@ -68,7 +69,23 @@ class Client:
             data = reply.read()
         finally:
             conn.close()
-        return Response(reply.status, data, time.perf_counter() - started)
+        return Response(reply.status, data, time.perf_counter() - started,
+                        server_predict(reply.getheader("Server-Timing")))
+
+
+def server_predict(header: str | None) -> float | None:
+    """Seconds of `predict;dur=MS` in a Server-Timing header (services/web/hooks.py), or None."""
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "predict":
+            for param in params.split(";"):
+                key, _, value = param.strip().partition("=")
+                if key == "dur":
+                    try:
+                        return float(value) / 1000.0
+                    except ValueError:
+                        return None
+    return None
 
 
 def closed_loop(url: str, path: str, body: bytes, content_type: str, concurrency: int,

@@ -90,7 +90,8 @@ def _paired_record(pairs: dict) -> dict:
     """The paired loop's records and the goal's quantity: HTTP p50 − predict_bytes p50."""
     return {"paired_http": pairs["http"], "paired_predict_bytes": pairs["predict_bytes"],
             "http_minus_predict_bytes_ms": pairs["http"]["p50_ms"]
-            - pairs["predict_bytes"]["p50_ms"]}
+            - pairs["predict_bytes"]["p50_ms"],
+            "http_minus_server_predict_ms": pairs.get("outside_ms")}
 
 
 def _measure(target, png: bytes, check, config, warmed_up=lambda: None) -> dict:

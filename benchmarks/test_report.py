@@ -395,10 +395,21 @@ def test_http_overhead_goals_follow_the_numbers(host, container, verdicts):
     lines = _overhead(http)
     gunicorn = next(line for line in lines if "host server (gunicorn alone)" in line)
     front = next(line for line in lines if "Flask container (its front server" in line)
-    assert f": {host[0] - host[1]:.2f} ms (HTTP p50 {host[0]:.2f} ms" in gunicorn
+    assert f": {host[0] - host[1]:.2f} ms, HTTP p50 − in-process" in gunicorn
+    assert f"(HTTP p50 {host[0]:.2f} ms" in gunicorn
     assert f"(goal ≤ 0.5 ms: **{verdicts[0]}**)" in gunicorn
     assert f": {container[0] - container[1]:.2f} ms" in front
     assert f"(goal ≤ 0.8 ms: **{verdicts[1]}**)" in front
+
+
+def test_the_http_goal_is_judged_on_the_servers_own_predict_where_measured():
+    """With Server-Timing, each request's own server-side predict_bytes is what is taken off;
+    the difference of the two p50s is still shown."""
+    pair = {**_paired(7.6, 6.8), "http_minus_server_predict_ms": 0.45}
+    lines = _overhead({**_core(0.4), "host/none/int8": {"front_server": "none", **pair}})
+    (line,) = [x for x in lines if "gunicorn alone" in x]
+    assert ": 0.45 ms, each request's time − its own predict_bytes in the server" in line
+    assert "difference of p50s 0.80 ms" in line and line.endswith("**met**).")
 
 
 def test_the_host_front_server_is_judged_only_without_the_container():

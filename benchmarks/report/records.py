@@ -226,6 +226,9 @@ class Paired:
     predict_bytes_p50_ms: float
     http_minus_predict_bytes_ms: float
     n: int
+    # p50 over the requests of each one's time − its own predict_bytes in the server
+    # (Server-Timing): the same quantity without two processes' sessions compared.
+    http_minus_server_predict_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,8 @@ def _paired(f: Fields) -> Paired | None:
         return None
     http, core = f.sub("paired_http"), f.sub("paired_predict_bytes")
     return Paired(http.need("p50_ms"), core.need("p50_ms"),
-                  f.need("http_minus_predict_bytes_ms"), http.need("n"))
+                  f.need("http_minus_predict_bytes_ms"), http.need("n"),
+                  f.may("http_minus_server_predict_ms"))
 
 
 def _http_run(f: Fields) -> HttpRun:

@@ -5,7 +5,8 @@
 - CORS for CORS_ALLOW_ORIGINS, preflight answered before the token check;
 - the API token (MHIST_API_TOKEN) on every route but the open ones;
 - security headers; Prometheus metrics; one JSON access-log line per request (never the body),
-  which is also a CloudWatch EMF document when EMF_METRICS is on;
+  which is also a CloudWatch EMF document when EMF_METRICS is on; the model's time as a
+  `Server-Timing: predict;dur=MS` header;
 - every error leaves as `{"error": {"code", "message"}}`, never a traceback.
 """
 
@@ -94,6 +95,10 @@ def _start_request() -> Response | None:
 
 def _finish_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    if "inference_seconds" in g:
+        # The model's share of this request (decode to answer), W3C Server-Timing: a client
+        # (browser devtools, benchmarks/overhead.py) can tell it from the HTTP around it.
+        response.headers["Server-Timing"] = f"predict;dur={g.inference_seconds * 1000.0:.3f}"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Referrer-Policy"] = "no-referrer"
