@@ -237,7 +237,10 @@ def _run_pipeline(config: BenchConfig, work: Path) -> None:
          "--out", str(onnx), "--tracking-uri", tracking_uri, "--calibration-size", "32",
          # The peers (PyTorch, MLflow's server) answer softmax(logits): every variant is
          # cross-checked on the network's own probabilities, so no temperature here.
-         "--no-temperature-scaling", "--allow-degraded", env=env)
+         "--no-temperature-scaling", "--allow-degraded",
+         # The AVX2-kernel gate (qemu, 2-3 s an image at 224 px) is the export's own check,
+         # tested in tests/test_cpu_class.py; here it would add a minute to every session.
+         "--avx2-gate-images", "0", env=env)
     write_json(work / "pipeline.json", {"key": _pipeline_key(config),
                                         "tracking_uri": tracking_uri})
 

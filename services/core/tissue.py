@@ -69,7 +69,9 @@ def tissue_mask_and_saturation(thumbnail: Image.Image) -> tuple[np.ndarray, np.n
     """The tissue mask and the (H, W) saturation it was drawn from (smoothed): the input
     quality checks read the saturation again to tell a greyscale image from glass."""
     # A light blur first: lumens and nuclei gaps inside tissue are not glass.
-    smooth = np.asarray(thumbnail.convert("RGB").filter(ImageFilter.BoxBlur(1)))
+    # convert() copies even an RGB image: skipped, it is most of this function's cost on a patch
+    rgb = thumbnail if thumbnail.mode == "RGB" else thumbnail.convert("RGB")
+    smooth = np.asarray(rgb.filter(ImageFilter.BoxBlur(1)))
     values = saturation(smooth)
     low, high = SATURATION_BOUNDS
     threshold = min(max(otsu_threshold(values), low), high)
