@@ -33,8 +33,10 @@ from services.core.cpus import (
 )
 from services.core.model import InferenceModel
 from services.web.app import create_app
+from services.web.hooks import access_log
 from tests.conftest import REPO_ROOT, run_cli, unavailable
 from tests.support.containers import free_port, wait_for_http
+from tests.support.logs import json_log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -262,13 +264,12 @@ def test_cpu_features_are_cpuid_not_proc_cpuinfo() -> None:
     assert not {"avx512f", "avx512_vnni"} & set(seen["features"]), seen
 
 
-def test_metadata_metrics_and_startup_line_show_the_cpu(model_int8_path: Path, capfd) -> None:
-    app = create_app({"MODEL_PATH": str(model_int8_path)})
-    startup = [
-        json.loads(line)
-        for line in capfd.readouterr().err.splitlines()
-        if '"event": "startup"' in line
-    ]
+def test_metadata_metrics_and_startup_line_show_the_cpu(model_int8_path: Path) -> None:
+    # The logger's own records, not stderr: its handler holds whichever stream the first app
+    # of this pytest process found, which capfd does not see.
+    with json_log_lines(access_log) as lines:
+        app = create_app({"MODEL_PATH": str(model_int8_path)})
+    startup = [line for line in lines if line.get("event") == "startup"]
     expected = cpu_info().to_dict()
     assert startup and startup[-1]["cpu"] == expected
     client = app.test_client()
