@@ -105,7 +105,8 @@ def core_overhead(model: InferenceModel, png: bytes, rounds: int, warmup: int) -
 
 
 def paired_http(model: InferenceModel, png: bytes, send: Callable[[bytes], object],
-                rounds: int, warmup: int) -> dict:
+                rounds: int, warmup: int,
+                extra: dict[str, Callable[[], object]] | None = None) -> dict:
     """Interleaved rounds of `send(png)` (one request, its own connection) and in-process
     `predict_bytes(png)`; latency records "http" and "predict_bytes". The server and this
     process never compute at the same time: every call waits for its answer.
@@ -113,7 +114,8 @@ def paired_http(model: InferenceModel, png: bytes, send: Callable[[bytes], objec
     Where the answer carries the app's `Server-Timing: predict;dur=…` (services/web/hooks.py),
     also "outside_ms": p50 over the requests of each request's time − that request's own
     predict_bytes in the server, the same quantity without comparing two processes'
-    predict_bytes (their sessions can differ by more than the goal)."""
+    predict_bytes (their sessions can differ by more than the goal). `extra` calls join the
+    same rounds, each with a latency record of its own name."""
     outside: list[float] = []
 
     def request() -> None:
@@ -122,12 +124,38 @@ def paired_http(model: InferenceModel, png: bytes, send: Callable[[bytes], objec
         if inside is not None:
             outside.append(1e3 * (reply.seconds - inside))
 
-    samples = interleaved({"http": request,
-                           "predict_bytes": lambda: model.predict_bytes(png)}, rounds, warmup)
+    samples = interleaved({"http": request, "predict_bytes": lambda: model.predict_bytes(png),
+                           **(extra or {})}, rounds, warmup)
     records = {name: latency_stats(values) for name, values in samples.items()}
     if len(outside) >= rounds:
         records["outside_ms"] = float(np.median(outside[-rounds:]))
     return records
+
+
+@contextlib.contextmanager
+def floor_server(env: dict[str, str], port: int, timeout: float = 60.0) -> Iterator[Client]:
+    """benchmarks/floor_app.py under one sync gunicorn worker on 127.0.0.1:`port`."""
+    client = Client(f"http://127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+         "--log-level", "warning", "benchmarks.floor_app:app"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.perf_counter() + timeout
+        while True:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if client.post("/", b"x", "application/octet-stream").status == 200:
+                    break
+            if proc.poll() is not None or time.perf_counter() > deadline:
+                raise RuntimeError(f"the floor server on port {port} did not answer")
+            time.sleep(0.05)
+        yield client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
 
 
 @contextlib.contextmanager

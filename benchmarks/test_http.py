@@ -18,6 +18,7 @@ and the Flask INT8 container (its front server, nginx).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import urllib.request
 
@@ -29,7 +30,7 @@ from benchmarks.checks import assert_answers_ok, cross_check, response_checker
 from benchmarks.inprocess import model_calls
 from benchmarks.load import closed_loop
 from benchmarks.machine import production_env
-from benchmarks.overhead import core_overhead, host_server, paired_http
+from benchmarks.overhead import core_overhead, floor_server, host_server, paired_http
 from benchmarks.targets import (
     CONTAINER_IDS,
     CONTAINER_VARIANTS,
@@ -188,6 +189,10 @@ def test_http_latency(variant, request, bench_model, bench_config, png_224, refe
 HOST_FRONTS = ("none", "nginx")
 
 
+def _floor_ok(reply) -> None:
+    assert reply.status == 200, f"the floor server answered {reply.status}"
+
+
 @pytest.mark.parametrize("front", HOST_FRONTS)
 def test_host_server_overhead(front, int8_model, bench_model, bench_config, png_224,
                               reference, session_run_p50, results):
@@ -204,15 +209,22 @@ def test_host_server_overhead(front, int8_model, bench_model, bench_config, png_
                           "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1", "FRONT_SERVER": front,
                           "ORT_INTRA_OP_THREADS": str(bench_config.threads)})
     check = response_checker(reference, bench_model.image.name, "int8")
-    with host_server(env, port, png_224) as client:
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(host_server(env, port, png_224))
+        extra = {}
+        if front == "none":  # the floor: the same gunicorn and client, no app (floor_app.py)
+            bare = stack.enter_context(floor_server(env, free_port()))
+            extra["floor"] = lambda: _floor_ok(bare.post("/predict", png_224, "image/png"))
+
         def send(png: bytes):
             reply = client.post("/predict", png, "image/png")
             problem = check(reply) if reply.status == 200 else f"status {reply.status}"
             assert problem is None, problem
             return reply
         pairs = paired_http(int8_model, png_224, send, 2 * bench_config.http_requests,
-                            bench_config.warmup)
+                            bench_config.warmup, extra)
     record = {"target": f"host-{front}", "precision": "int8", "front_server": front,
               "threads": bench_config.threads, **_paired_record(pairs),
-              "overhead_vs_session_run": pairs["http"]["p50_ms"] / session_run_p50["int8"]}
+              "overhead_vs_session_run": pairs["http"]["p50_ms"] / session_run_p50["int8"],
+              **({"floor": pairs["floor"]} if "floor" in pairs else {})}
     results.put("http", f"host/{front}/int8", record)

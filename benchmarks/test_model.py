@@ -132,7 +132,9 @@ def test_model_latency(name, model_runs, reference, bench_model, bench_config, r
             "variant": name, "label": variant.label, "runtime": variant.runtime,
             "precision": variant.precision, "setting": variant.setting, "batch": int(batch),
             "threads": bench_config.threads, "setup_s": run["setup_s"], **run["info"],
-            "answers": answers, **latency_stats(samples, images_per_call=int(batch))})
+            "answers": answers, **latency_stats(samples, images_per_call=int(batch)),
+            # the untimed call before each timed one: the first after another variant's turn
+            "cold_p50_ms": median(run["cold_samples"][batch]) * 1000.0})
     assert_answers_ok(answers)
     assert len(run["check"]) == len(bench_model.check_images)
 

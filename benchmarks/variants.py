@@ -11,7 +11,8 @@ rounds (round r: every variant once, the order rotated by r), so a burst of load
 job falls on all variants alike. A worker waiting for its turn blocks on a pipe read.
 
 Protocol, one JSON object per line. Worker → parent first: {"ready": true, "setup_s", "info"}.
-Parent → worker: {"cmd": "time", "batch": B} → {"seconds": s}, one call on the batch-B input;
+Parent → worker: {"cmd": "time", "batch": B} → {"seconds": s, "cold_seconds": c}: an untimed
+call on the batch-B input then a timed one (s); c is the first call's own time, kept apart;
 {"cmd": "check"} → {"probabilities": [[…], …]}, each check image alone (batch 1);
 {"cmd": "quit"}. A worker that fails says {"error": "…"} and exits.
 """
@@ -206,9 +207,16 @@ def _serve(run: Runner, data, out) -> None:
         command = json.loads(line)
         if command["cmd"] == "time":
             x = data[f"b{command['batch']}"]
+            # The first call after another variant's turn meets caches that variant filled (on
+            # 2 CPUs it evicts most of ResNet18's weights): the shortest model suffers most
+            # (ORT INT8 10.0 ms cold vs 5.8 ms back to back in run 20261207T102708Z). A server
+            # under load calls back to back, so the call timed is the second of two.
             started = time.perf_counter()
             run(x)
-            _send(out, {"seconds": time.perf_counter() - started})
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            run(x)
+            _send(out, {"seconds": time.perf_counter() - started, "cold_seconds": cold})
         elif command["cmd"] == "check":
             rows = [_softmax(run(np.ascontiguousarray(row[None])))[0].tolist()
                     for row in data["check"]]
@@ -370,6 +378,7 @@ def _rounds(workers: dict[str, Worker], results: dict, batch: int, warmup: int,
         for _ in range(warmup):
             _ask(workers, results, name, command)
     samples: dict[str, list[float]] = {name: [] for name in workers}
+    cold: dict[str, list[float]] = {name: [] for name in workers}
     for r in range(rounds):
         order = list(workers)
         shift = r % len(order) if order else 0
@@ -378,8 +387,10 @@ def _rounds(workers: dict[str, Worker], results: dict, batch: int, warmup: int,
             reply = _ask(workers, results, name, command)
             if reply is not None:
                 samples[name].append(reply["seconds"])
+                cold[name].append(reply["cold_seconds"])
     for name in workers:
         results[name]["samples"][str(batch)] = samples[name]
+        results[name].setdefault("cold_samples", {})[str(batch)] = cold[name]
 
 
 def _ask(workers: dict[str, Worker], results: dict, name: str, command: dict) -> dict | None:

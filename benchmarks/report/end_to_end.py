@@ -149,7 +149,16 @@ def _http_goals(http: HttpSection, floor: float) -> list[str]:
                 f"{GOALS.overhead['host_http_ms']:.1f} ms on the host server, ≤ "
                 f"{GOALS.overhead['front_http_ms']:.1f} ms through the front server): not "
                 "measured in this run (no paired record, benchmarks/overhead.py)."]
-    return [_http_line(name, pair, goal, floor) for name, pair, goal in rows]
+    lines = [_http_line(name, pair, goal, floor) for name, pair, goal in rows]
+    if host and host.floor_ms is not None:
+        own = host.paired.http_minus_server_predict_ms
+        lines.append(
+            f"The HTTP floor, in the same rounds: a bare gunicorn app that only reads the body "
+            f"and answers a fixed JSON (benchmarks/floor_app.py, one sync worker, same client) "
+            f"took {host.floor_ms:.2f} ms p50"
+            + (f"; of the host server's {own:.2f} ms, {own - host.floor_ms:.2f} ms is the app's "
+               "own (Flask, hooks, metrics, logging)." if own is not None else "."))
+    return lines
 
 
 def _http_line(name: str, pair: Paired, goal: float, floor: float) -> str:

@@ -20,7 +20,8 @@ BEST_FP32 = ("torch-eager", "torch-channels-last", "torchscript-frozen", "torch-
 # The comparisons each batch states, (one, other); None = the fastest PyTorch FP32 variant.
 PAIRS = (("ort-fp32", None), ("ort-int8", "ort-fp32"), ("ort-int8", "torch-int8"),
          ("torch-int8", None))
-COLUMNS = ["variant", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "images/s",
+COLUMNS = ["variant", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "cold p50 ms",
+           "images/s",
            "speed-up vs PyTorch eager (p50)", "setup s", "answers vs ONNX FP32", "n"]
 
 
@@ -78,13 +79,14 @@ def _rows(model: ModelSection) -> list[list]:
     for batch, runs in model.by_batch.items():
         eager = runs[EAGER].p50_ms if EAGER in runs else None
         rows += [[run.label, PRECISION_NAMES.get(run.precision, "?"), batch, _num(run.p50_ms),
-                  _num(run.p95_ms), _num(run.p99_ms), _num(run.images_per_s),
+                  _num(run.p95_ms), _num(run.p99_ms), _num(run.cold_p50_ms),
+                  _num(run.images_per_s),
                   ratio(eager, run.p50_ms), _num(run.setup_s), answers_cell(run.answers),
                   run.n] for run in runs.values()]
     pre = model.preprocessing
     if pre:
         rows.append(["preprocessing (numpy + Pillow)", "–", 1, _num(pre.p50_ms, 2),
-                     _num(pre.p95_ms, 2), _num(pre.p99_ms, 2), _num(pre.images_per_s),
+                     _num(pre.p95_ms, 2), _num(pre.p99_ms, 2), "–", _num(pre.images_per_s),
                      "–", "–", "–", pre.n])
     return rows
 
@@ -106,8 +108,11 @@ def model_section(model: ModelSection | None) -> str:
         return "## 1. Model only\n\nNo data."
     text = ["## 1. Model only (same weights, same preprocessed input)", "",
             "Each variant in a process of its own, rounds interleaved (round r runs every "
-            "variant once, in an order rotated by r). Setup = load + build + the first call "
-            "(tracing, freezing, compiling).", "", table(COLUMNS, _rows(model)), ""]
+            "variant once, in an order rotated by r). In its turn a variant runs twice and the "
+            "second call is timed, as in a server under load; \"cold\" is the first, after "
+            "another variant's turn filled the caches. "
+            "Setup = load + build + the first call (tracing, freezing, compiling).", "",
+            table(COLUMNS, _rows(model)), ""]
     for batch, runs in model.by_batch.items():
         text += [f"Batch {batch}:", "", *bullets(model_findings(runs)), ""]
     return "\n".join(text + answers_findings(model) + _settings(model))

@@ -139,6 +139,9 @@ class ModelRun(Timing):
     torch_threads: int | None
     onnxruntime: str
     first_call_s: float | None = None  # of setup_s: the first call (torch.compile compiles)
+    # p50 of the call before each timed one, the first after another variant's turn (caches
+    # that variant filled); None in runs from before it was recorded
+    cold_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ def _model_run(f: Fields) -> ModelRun:
         batch=f.need("batch"), setup_s=f.may("setup_s"), answers=_answers(f.maybe_sub("answers")),
         setting=f.may("setting", ""), torch=f.may("torch"), torch_threads=f.may("torch_threads"),
         onnxruntime=f.may("onnxruntime", "?"),
-        first_call_s=(f.may("first_call_s") or {}).get(str(f.need("batch"))))
+        first_call_s=(f.may("first_call_s") or {}).get(str(f.need("batch"))),
+        cold_p50_ms=f.may("cold_p50_ms"))
 
 
 def _spread(f: Fields | None) -> Spread | None:
@@ -238,6 +242,9 @@ class HostRun:
     front_server: str  # "none" (gunicorn alone) or "nginx"
     paired: Paired
     overhead_vs_session_run: float | None
+    # p50 of a bare gunicorn app that only reads the body (benchmarks/floor_app.py), same
+    # client and rounds; None where not measured (behind nginx, older runs)
+    floor_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -296,8 +303,9 @@ def _http(f: Fields) -> HttpSection:
     host = {}
     for key, rec in f.items():
         if key.startswith("host/") and (paired := _paired(rec)):
-            host[rec.need("front_server")] = HostRun(rec.need("front_server"), paired,
-                                                     rec.may("overhead_vs_session_run"))
+            host[rec.need("front_server")] = HostRun(
+                rec.need("front_server"), paired, rec.may("overhead_vs_session_run"),
+                (rec.may("floor") or {}).get("p50_ms"))
     return HttpSection(reference, containers, host, _core(f))
 
 
